@@ -1,0 +1,16 @@
+"""The one Definitions object: a job per job type, sensors, resources, executor."""
+
+import dagster as dg
+
+from etl_pipelines.framework.jobs import build_job
+from etl_pipelines.framework.registry import job_types
+from etl_pipelines.resources import JobStoreResource, TargetDatabase
+from etl_pipelines.sensors import sensors
+
+defs = dg.Definitions(
+    jobs=[build_job(job_cls) for job_cls in job_types().values()],
+    sensors=sensors,
+    resources={"job_store": JobStoreResource(), "database": TargetDatabase()},
+    # One op per job: run it in the run's own process rather than spawning one per step.
+    executor=dg.in_process_executor,
+)

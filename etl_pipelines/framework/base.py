@@ -1,0 +1,110 @@
+"""BaseJob: a job type is a subclass with typed parameters (pydantic fields) and `handle()`."""
+
+import inspect
+import os
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import dagster as dg
+import pydantic
+
+from etl_pipelines.settings import Settings, parse_delays
+
+if TYPE_CHECKING:
+    from etl_pipelines.framework.dispatch import JobHandle
+    from etl_pipelines.resources.database import TargetDatabase
+
+
+class JobInputError(ValueError):
+    """Parameters a job type cannot run with: wrong names, types or identifiers. Never retried."""
+
+
+def snake_case(name: str) -> str:
+    """`TruncateTable` -> `truncate_table`, `ETLImport` -> `etl_import`."""
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What `handle()` gets besides its parameters."""
+
+    job_id: str
+    run_id: str
+    retry_count: int
+    log: Any  # Dagster's logger: context.log in an op
+    database: "TargetDatabase"
+    settings: Settings
+
+
+class BaseJob(dg.Config):
+    """Base class of every job type. Subclasses declare parameters as fields and implement handle()."""
+
+    # The queue a job of this type goes to unless dispatch names another.
+    queue: ClassVar[str] = "default"
+    # Seconds before each retry; None means the global ETL_RETRY_DELAYS (default 60,300,900).
+    retry_delays: ClassVar[tuple[float, ...] | None] = None
+    # Destructive job types only touch tables in ETL_ALLOWED_SCHEMAS.
+    destructive: ClassVar[bool] = False
+
+    def handle(self, ctx: JobContext) -> Any:
+        """Do the work; return a JSON-serialisable result."""
+        raise NotImplementedError(f"{type(self).__name__}.handle() is not implemented")
+
+    def validate_input(self, settings: Settings) -> None:
+        """Check parameters beyond their types (identifiers, schemas); raise JobInputError."""
+
+    @classmethod
+    def job_type(cls) -> str:
+        """The name used everywhere: module, Dagster job, CLI argument, `job_type` column."""
+        return snake_case(cls.__name__)
+
+    @classmethod
+    def job_class(cls) -> str:
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+    @classmethod
+    def description(cls) -> str:
+        doc = inspect.getdoc(cls)
+        if not doc or cls.__doc__ is None:
+            raise TypeError(f"job type {cls.__name__} needs a docstring: it is its description")
+        return doc.strip()
+
+    @classmethod
+    def retry_schedule(cls, settings: Settings) -> tuple[float, ...]:
+        """Delays before each retry: ETL_RETRY_DELAYS_<TYPE> env, else the class's, else the global."""
+        override = os.environ.get(f"ETL_RETRY_DELAYS_{cls.job_type().upper()}")
+        if override is not None:
+            return parse_delays(override)
+        return settings.retry_delays if cls.retry_delays is None else tuple(cls.retry_delays)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "BaseJob":
+        """Build and check a job from keyword parameters; JobInputError names what is wrong."""
+        known = set(cls.model_fields)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise JobInputError(
+                f"{cls.job_type()}: unknown parameter(s) {', '.join(unknown)}; "
+                f"parameters: {', '.join(sorted(known)) or '(none)'}"
+            )
+        try:
+            return cls(**params)
+        except pydantic.ValidationError as exc:
+            raise JobInputError(f"{cls.job_type()}: {_describe(exc)}") from None
+
+    @classmethod
+    def dispatch(cls, *, queue: str | None = None, **params: Any) -> "JobHandle":
+        """Queue a job of this type and return at once with its handle (`.id`)."""
+        from etl_pipelines.framework.dispatch import dispatch
+
+        return dispatch(cls, queue=queue, **params)
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "parameters"
+        problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(problems)

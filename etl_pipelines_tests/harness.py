@@ -1,0 +1,172 @@
+"""Real processes for tests: each in its own process group, always stopped by the test that started it."""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def poll(
+    check: Callable[[], T | None], timeout: float, interval: float = 0.2, what: str = "condition"
+) -> T:
+    """Call `check` until it returns something truthy; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+def run_finished(run_id: str) -> bool:
+    """Whether the Dagster run has reached a final status (the op's record is written before)."""
+    from etl_pipelines.framework.instance import get_instance
+
+    run = get_instance().get_run_by_id(run_id)
+    return run is not None and run.is_finished
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def instance_yaml(source: Path, **coordinator_config: Any) -> str:
+    """A dagster.yaml from `source` (the repo's or the embedded one) with coordinator overrides."""
+    config = yaml.safe_load(source.read_text())
+    config["run_coordinator"]["config"].update(coordinator_config)
+    return yaml.safe_dump(config)
+
+
+@dataclass
+class Group:
+    """A process started in its own session; stop() kills the whole group."""
+
+    name: str
+    process: subprocess.Popen
+    log: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None and not _group_alive(self.process.pid):
+                    return
+                time.sleep(0.1)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@dataclass
+class Deployment:
+    """One isolated etl_pipelines deployment: a DAGSTER_HOME, a job table, the env to run it with."""
+
+    home: Path
+    database_url: str
+    env: dict[str, str]
+    groups: list[Group] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str]) -> Group:
+        log = self.home / f"{name}-{len(self.groups)}.log"
+        handle = log.open("wb")
+        process = subprocess.Popen(
+            argv, env=self.env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        handle.close()
+        group = Group(name, process, log)
+        self.groups.append(group)
+        return group
+
+    @contextlib.contextmanager
+    def daemon(self) -> Iterator[Group]:
+        """dagster-daemon, as users start it, for the duration of the block."""
+        group = self.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")])
+        try:
+            yield group
+        finally:
+            group.stop()
+
+    @contextlib.contextmanager
+    def webserver(self) -> Iterator[str]:
+        """dagster-webserver on a free port; yields its base URL once it answers."""
+        port = free_port()
+        group = self.start(
+            "webserver",
+            [str(BIN / "dagster-webserver"), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            poll(lambda: _answers(f"{url}/server_info") or group.process.poll() is not None, 90, 0.5, "webserver")
+            assert group.process.poll() is None, group.output()
+            yield url
+        finally:
+            group.stop()
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run `etl-jobs ARGS` as a user would."""
+        return subprocess.run(
+            [str(BIN / "etl-jobs"), *args], env=self.env, cwd=REPO, capture_output=True,
+            text=True, timeout=timeout,
+        )
+
+    def dagster(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "dagster"), *args], env=self.env, cwd=REPO, capture_output=True,
+            text=True, timeout=timeout,
+        )
+
+    def stop_all(self) -> None:
+        for group in self.groups:
+            group.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def graphql(url: str, query: str, variables: Mapping[str, Any]) -> dict[str, Any]:
+    """POST a GraphQL query to a dagster-webserver."""
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = json.loads(response.read())
+    assert "errors" not in body, body
+    return body["data"]
