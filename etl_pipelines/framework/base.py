@@ -89,6 +89,10 @@ class BaseJob(dg.Config):
                 f"{cls.job_type()}: unknown parameter(s) {', '.join(unknown)}; "
                 f"parameters: {', '.join(sorted(known)) or '(none)'}"
             )
+        # Dagster's Config turns a missing field into None; name it as missing instead.
+        missing = [n for n, f in cls.model_fields.items() if f.is_required() and n not in params]
+        if missing:
+            raise JobInputError(f"{cls.job_type()}: missing required parameter(s) {', '.join(missing)}")
         try:
             return cls(**params)
         except pydantic.ValidationError as exc:
