@@ -135,7 +135,9 @@ def status(job_id: str, as_json: bool) -> None:
         click.echo(render_record(record))
 
 
-def _list(statuses: Sequence[str], queue: str | None, job_type: str | None, limit: int, as_json: bool) -> None:
+def _list(
+    statuses: Sequence[str], queue: str | None, job_type: str | None, limit: int, as_json: bool
+) -> None:
     if job_type:
         get_job_type(job_type)
     records = store().list(
@@ -159,7 +161,9 @@ STATUS_CHOICE = click.Choice([s.value for s in JobStatus])
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @clear_errors
-def list_jobs(statuses: tuple[str, ...], queue: str | None, job_type: str | None, limit: int, as_json: bool) -> None:
+def list_jobs(
+    statuses: tuple[str, ...], queue: str | None, job_type: str | None, limit: int, as_json: bool
+) -> None:
     """List jobs, newest first."""
     _list(statuses, queue, job_type, limit, as_json)
 
@@ -183,14 +187,23 @@ def list_job_types(as_json: bool) -> None:
     for name, job_cls in job_types().items():
         params = {
             field: {
-                "type": str(info.annotation.__name__ if hasattr(info.annotation, "__name__") else info.annotation),
+                "type": str(
+                    info.annotation.__name__ if hasattr(info.annotation, "__name__") else info.annotation
+                ),
                 "required": info.is_required(),
                 "default": None if info.is_required() else info.get_default(),
                 "description": info.description,
             }
             for field, info in job_cls.model_fields.items()
         }
-        data.append({"job_type": name, "queue": job_cls.queue, "description": job_cls.description(), "parameters": params})
+        data.append(
+            {
+                "job_type": name,
+                "queue": job_cls.queue,
+                "description": job_cls.description(),
+                "parameters": params,
+            }
+        )
     if as_json:
         emit_json(data)
         return

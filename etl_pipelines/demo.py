@@ -5,7 +5,10 @@ from typing import Any
 DEMO_BATCH: list[tuple[str, dict[str, Any]]] = [
     ("populate_records", {"rows": 1000}),
     ("slow_query", {"duration": 5}),
-    ("data_aggregation", {"table": "auth.users", "group_by": "department", "value_column": "salary"}),
+    (
+        "data_aggregation",
+        {"table": "auth.users", "group_by": "department", "value_column": "salary"},
+    ),
     ("truncate_table", {"table": "auth.users"}),
     ("drop_table", {"table": "auth.demo_scratch", "if_exists": True}),
     ("fibonacci", {"n": 30}),

@@ -61,6 +61,5 @@ class Settings:
             target_database_url=env.get("ETL_TARGET_DATABASE_URL") or database_url,
             queues=queues,
             retry_delays=DEFAULT_RETRY_DELAYS if delays is None else parse_delays(delays),
-            allowed_schemas=_split(env.get("ETL_ALLOWED_SCHEMAS", ""))
-            or DEFAULT_ALLOWED_SCHEMAS,
+            allowed_schemas=_split(env.get("ETL_ALLOWED_SCHEMAS", "")) or DEFAULT_ALLOWED_SCHEMAS,
         )

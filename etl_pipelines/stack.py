@@ -1,5 +1,6 @@
 """Run dagster-webserver and dagster-daemon in the foreground; stop every process on Ctrl-C/SIGTERM."""
 
+import contextlib
 import logging
 import os
 import signal
@@ -46,10 +47,8 @@ class ProcessGroup:
         return self.process.poll() is None
 
     def signal(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def gone(self) -> bool:
         """The leader has exited and nothing in its group is left."""
@@ -119,7 +118,9 @@ def run_stack(
                 env,
             )
         )
-        groups.append(ProcessGroup("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", str(workspace)], env))
+        groups.append(
+            ProcessGroup("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", str(workspace)], env)
+        )
         url = f"http://{host}:{port}"
         wait_for_http(f"{url}/server_info", 120, lambda: all(g.alive() for g in groups) and not stopping)
         echo(f"Dagster UI: {url}  (DAGSTER_HOME={home}; Ctrl-C stops everything)")

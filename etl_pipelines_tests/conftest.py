@@ -134,9 +134,7 @@ def sqlite_deployment(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> Iterator
 @pytest.fixture
 def pg_deployment(clean_env: pytest.MonkeyPatch, tmp_path: Path, pg_url: str) -> Iterator[Deployment]:
     """The repository's production dagster.yaml on this module's PostgreSQL database."""
-    deployment = make_deployment(
-        clean_env, tmp_path / "dagster_home", pg_url, instance_yaml(PRODUCTION_YAML)
-    )
+    deployment = make_deployment(clean_env, tmp_path / "dagster_home", pg_url, instance_yaml(PRODUCTION_YAML))
     try:
         yield deployment
     finally:

@@ -21,9 +21,7 @@ BIN = Path(sys.executable).parent
 T = TypeVar("T")
 
 
-def poll(
-    check: Callable[[], T | None], timeout: float, interval: float = 0.2, what: str = "condition"
-) -> T:
+def poll(check: Callable[[], T | None], timeout: float, interval: float = 0.2, what: str = "condition") -> T:
     """Call `check` until it returns something truthy; AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -100,7 +98,11 @@ class Deployment:
         log = self.home / f"{name}-{len(self.groups)}.log"
         handle = log.open("wb")
         process = subprocess.Popen(
-            argv, env=self.env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+            argv,
+            env=self.env,
+            cwd=REPO,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         handle.close()
@@ -123,11 +125,24 @@ class Deployment:
         port = free_port()
         group = self.start(
             "webserver",
-            [str(BIN / "dagster-webserver"), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+            [
+                str(BIN / "dagster-webserver"),
+                "-w",
+                str(REPO / "workspace.yaml"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            poll(lambda: _answers(f"{url}/server_info") or group.process.poll() is not None, 90, 0.5, "webserver")
+            poll(
+                lambda: _answers(f"{url}/server_info") or group.process.poll() is not None,
+                90,
+                0.5,
+                "webserver",
+            )
             assert group.process.poll() is None, group.output()
             yield url
         finally:
@@ -136,14 +151,22 @@ class Deployment:
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run `etl-jobs ARGS` as a user would."""
         return subprocess.run(
-            [str(BIN / "etl-jobs"), *args], env=self.env, cwd=REPO, capture_output=True,
-            text=True, timeout=timeout,
+            [str(BIN / "etl-jobs"), *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def dagster(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(BIN / "dagster"), *args], env=self.env, cwd=REPO, capture_output=True,
-            text=True, timeout=timeout,
+            [str(BIN / "dagster"), *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def stop_all(self) -> None:

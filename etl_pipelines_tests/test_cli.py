@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -12,7 +11,7 @@ import sqlalchemy as sa
 
 from etl_pipelines.framework.instance import get_instance
 from etl_pipelines.store import JobStatus, JobStore
-from etl_pipelines_tests.harness import BIN, REPO, Deployment, free_port, poll, run_finished
+from etl_pipelines_tests.harness import BIN, Deployment, free_port, poll, run_finished
 
 
 def test_dispatch_status_and_list(pg_deployment: Deployment) -> None:
@@ -27,8 +26,21 @@ def test_dispatch_status_and_list(pg_deployment: Deployment) -> None:
     assert record["id"] == job_id and record["status"] == "queued" and record["queue"] == "high"
     assert record["payload"] == {"n": 10} and record["job_type"] == "fibonacci"
     assert set(record) >= {
-        "id", "job_type", "job_class", "queue", "status", "payload", "result", "error",
-        "traceback", "retry_count", "run_id", "created_at", "started_at", "finished_at", "updated_at",
+        "id",
+        "job_type",
+        "job_class",
+        "queue",
+        "status",
+        "payload",
+        "result",
+        "error",
+        "traceback",
+        "retry_count",
+        "run_id",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
     }
 
     human = pg_deployment.cli("status", job_id)
@@ -54,7 +66,15 @@ def test_dispatch_status_and_list(pg_deployment: Deployment) -> None:
     table = pg_deployment.cli("list")
     assert table.returncode == 0
     header, *rows = table.stdout.splitlines()
-    assert header.split() == ["ID", "JOB_TYPE", "QUEUE", "STATUS", "RETRY_COUNT", "CREATED_AT", "FINISHED_AT"]
+    assert header.split() == [
+        "ID",
+        "JOB_TYPE",
+        "QUEUE",
+        "STATUS",
+        "RETRY_COUNT",
+        "CREATED_AT",
+        "FINISHED_AT",
+    ]
     assert any(row.startswith(job_id) for row in rows)
 
 
@@ -99,10 +119,11 @@ def test_bad_input_is_refused_and_changes_nothing(pg_deployment: Deployment) -> 
 
 
 def test_unreachable_job_table_is_a_clear_error(pg_deployment: Deployment) -> None:
-    env = {**pg_deployment.env, "ETL_DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"}
-    out = subprocess.run(
-        [str(BIN / "etl-jobs"), "list"], env=env, capture_output=True, text=True, timeout=60
-    )
+    env = {
+        **pg_deployment.env,
+        "ETL_DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere",
+    }
+    out = subprocess.run([str(BIN / "etl-jobs"), "list"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert out.stderr.startswith("Error: job table unreachable:"), out.stderr
 
@@ -148,9 +169,7 @@ def _processes_mentioning(text: str) -> list[str]:
 def test_stack_runs_demo_batch_and_stops_cleanly(sqlite_deployment: Deployment) -> None:
     """`etl-jobs stack --demo` (the README's run command) on the embedded default."""
     port = free_port()
-    stack = sqlite_deployment.start(
-        "stack", [str(BIN / "etl-jobs"), "stack", "--demo", "--port", str(port)]
-    )
+    stack = sqlite_deployment.start("stack", [str(BIN / "etl-jobs"), "stack", "--demo", "--port", str(port)])
     store = JobStore(sqlite_deployment.database_url)
     try:
         records = poll(lambda: len(store.list()) == 7 and store.list(), 120, 0.5, "the demo batch")

@@ -48,7 +48,11 @@ def wait_final(store: JobStore, job_id: str, timeout: float = 120):
 def test_graphql_launch_run_gets_a_record(pg_deployment: Deployment) -> None:
     store = JobStore(pg_deployment.database_url)
     with pg_deployment.webserver() as url:
-        data = graphql(url, LAUNCH_RUN, {"params": launch_params("fibonacci", {"n": 10}, {"etl/queue": "high"})})
+        data = graphql(
+            url,
+            LAUNCH_RUN,
+            {"params": launch_params("fibonacci", {"n": 10}, {"etl/queue": "high"})},
+        )
         result = data["launchRun"]
         assert result["__typename"] == "LaunchRunSuccess", result
         run_id = result["run"]["runId"]
@@ -80,7 +84,9 @@ def test_graphql_launch_with_unknown_queue_fails_the_run(pg_deployment: Deployme
     store = JobStore(pg_deployment.database_url)
     with pg_deployment.webserver() as url:
         result = graphql(
-            url, LAUNCH_RUN, {"params": launch_params("fibonacci", {"n": 3}, {"etl/queue": "urgent"})}
+            url,
+            LAUNCH_RUN,
+            {"params": launch_params("fibonacci", {"n": 3}, {"etl/queue": "urgent"})},
         )["launchRun"]
     run_id = result["run"]["runId"]
     record = store.require(run_id)
@@ -94,8 +100,16 @@ def test_dagster_job_launch_and_execute_get_records(pg_deployment: Deployment) -
     store = JobStore(pg_deployment.database_url)
     config = json.dumps({"ops": {"fibonacci_op": {"config": {"n": 12}}}})
     launched = pg_deployment.dagster(
-        "job", "launch", "-w", "workspace.yaml", "-j", "fibonacci", "--config-json", config,
-        "--tags", json.dumps({"etl/queue": "medium"}),
+        "job",
+        "launch",
+        "-w",
+        "workspace.yaml",
+        "-j",
+        "fibonacci",
+        "--config-json",
+        config,
+        "--tags",
+        json.dumps({"etl/queue": "medium"}),
     )
     assert launched.returncode == 0, launched.stderr
     (record,) = [r for r in store.list(job_type="fibonacci") if r.payload == {"n": 12}]
@@ -108,7 +122,14 @@ def test_dagster_job_launch_and_execute_get_records(pg_deployment: Deployment) -
     config_file = pg_deployment.home / "fibonacci7.yaml"
     config_file.write_text(json.dumps({"ops": {"fibonacci_op": {"config": {"n": 7}}}}))
     executed = pg_deployment.dagster(
-        "job", "execute", "-m", "etl_pipelines.definitions", "-j", "fibonacci", "-c", str(config_file)
+        "job",
+        "execute",
+        "-m",
+        "etl_pipelines.definitions",
+        "-j",
+        "fibonacci",
+        "-c",
+        str(config_file),
     )
     assert executed.returncode == 0, executed.stderr
     (record,) = [r for r in store.list(job_type="fibonacci") if r.payload == {"n": 7}]

@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.remote_representation.external import RemoteJob
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
-from dagster._core.definitions.selector import JobSubsetSelector
 
 from etl_pipelines.settings import LOCATION_NAME
 
@@ -38,9 +38,7 @@ class RunSubmitter:
             ),
             location_name=LOCATION_NAME,
         )
-        self._process_context = WorkspaceProcessContext(
-            instance, InProcessWorkspaceLoadTarget(origin)
-        )
+        self._process_context = WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin))
         self._workspace = self._process_context.create_request_context()
         self._code_location = self._workspace.get_code_location(LOCATION_NAME)
         (self._repository,) = self._code_location.get_repositories().values()
@@ -68,7 +66,11 @@ class RunSubmitter:
         """Create the run and hand it to the run coordinator (queued, not executed here)."""
         remote_job = self._job(job_name)
         plan = self._code_location.get_execution_plan(
-            remote_job, run_config, step_keys_to_execute=None, known_state=None, instance=self.instance
+            remote_job,
+            run_config,
+            step_keys_to_execute=None,
+            known_state=None,
+            instance=self.instance,
         ).execution_plan_snapshot
         run = self.instance.create_run(
             job_name=job_name,

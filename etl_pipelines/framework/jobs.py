@@ -102,8 +102,7 @@ def run_job(
                 next_retry_at=utcnow() + timedelta(seconds=wait),
             )
             context.log.warning(
-                f"attempt {retry_number + 1} of {len(delays) + 1} failed ({error}); "
-                f"retry in {wait:g} s"
+                f"attempt {retry_number + 1} of {len(delays) + 1} failed ({error}); retry in {wait:g} s"
             )
             # RetryRequested gives exact waits; RetryPolicy's backoff cannot express 60/300/900.
             raise dg.RetryRequested(max_retries=len(delays), seconds_to_wait=wait) from exc

@@ -17,7 +17,7 @@ _lock = threading.Lock()
 
 
 def _sqlite_target_setup(schemas: tuple[str, ...], directory: str, stem: str):
-    def on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API connection)
+    def on_connect(dbapi_connection, _record) -> None:
         cursor = dbapi_connection.cursor()
         # SQLite has no schemas: each allowed schema is an attached database file beside the
         # main one, so `auth.users` means the same table on SQLite as on PostgreSQL.
@@ -39,7 +39,11 @@ def target_engine(url: str, schemas: tuple[str, ...]) -> sa.Engine:
         if engine is None:
             engine = create_engine(url)
             parsed = sa.make_url(url)
-            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            if parsed.get_backend_name() == "sqlite" and parsed.database not in (
+                None,
+                "",
+                ":memory:",
+            ):
                 database = os.path.abspath(parsed.database)
                 stem = os.path.splitext(os.path.basename(database))[0]
                 setup = _sqlite_target_setup(schemas, os.path.dirname(database), stem)

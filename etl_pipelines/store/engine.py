@@ -9,7 +9,7 @@ _engines: dict[tuple[int, str], sa.Engine] = {}
 _lock = threading.Lock()
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API connection)
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     # Several processes (run workers, CLI, daemon) write the same file: WAL lets readers through
     # and busy_timeout makes writers wait for the lock instead of failing at once.

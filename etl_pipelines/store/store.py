@@ -190,9 +190,7 @@ class JobStore:
 
     def mark_cancelled(self, job_id: str) -> JobRecord:
         """The job's run was cancelled before it ended."""
-        return self._update(
-            job_id, status=JobStatus.CANCELLED, next_retry_at=None, finished_at=utcnow()
-        )
+        return self._update(job_id, status=JobStatus.CANCELLED, next_retry_at=None, finished_at=utcnow())
 
 
 def create_schema(engine: sa.Engine) -> None:

@@ -1,5 +1,6 @@
 """dispatch() through the real dagster-daemon, on the embedded default and on PostgreSQL."""
 
+import itertools
 from datetime import timedelta
 
 import dagster as dg
@@ -74,14 +75,17 @@ def test_failed_job_retries_on_schedule_then_fails(deployment: Deployment) -> No
     events = [
         e
         for e in instance.all_logs(handle.id)
-        if e.dagster_event_type
-        in (dg.DagsterEventType.STEP_UP_FOR_RETRY, dg.DagsterEventType.STEP_RESTARTED)
+        if e.dagster_event_type in (dg.DagsterEventType.STEP_UP_FOR_RETRY, dg.DagsterEventType.STEP_RESTARTED)
     ]
     kinds = [e.dagster_event_type for e in events]
-    assert kinds == [
-        dg.DagsterEventType.STEP_UP_FOR_RETRY,
-        dg.DagsterEventType.STEP_RESTARTED,
-    ] * 3
+    assert (
+        kinds
+        == [
+            dg.DagsterEventType.STEP_UP_FOR_RETRY,
+            dg.DagsterEventType.STEP_RESTARTED,
+        ]
+        * 3
+    )
     gaps = [events[i + 1].timestamp - events[i].timestamp for i in range(0, 6, 2)]
     for gap, expected in zip(gaps, (1, 2, 3), strict=True):
         assert expected - 0.2 <= gap <= expected + 1.0, gaps
@@ -101,9 +105,7 @@ def test_run_queue_priority(clean_env: pytest.MonkeyPatch, tmp_path, pg_url: str
     store = JobStore(deployment.database_url)
     with deployment.daemon():
         poll(
-            lambda: all(
-                store.require(h.id).status.is_final and run_finished(h.id) for h in handles
-            ),
+            lambda: all(store.require(h.id).status.is_final and run_finished(h.id) for h in handles),
             240,
             0.5,
             "nine runs to finish",
@@ -112,5 +114,5 @@ def test_run_queue_priority(clean_env: pytest.MonkeyPatch, tmp_path, pg_url: str
     assert all(r.status == JobStatus.COMPLETED for r in records)
     assert [r.queue for r in records] == ["high"] * 3 + ["medium"] * 3 + ["low"] * 3
     # One at a time: each started after the previous one finished.
-    for earlier, later in zip(records, records[1:], strict=False):
+    for earlier, later in itertools.pairwise(records):
         assert later.started_at >= earlier.finished_at - timedelta(seconds=0.5)

@@ -1,0 +1,35 @@
+# The README's commands. Each installs what it needs into $(VENV) first.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+PORT ?= 3000
+
+.PHONY: install run test lint bench clean
+
+$(BIN)/etl-jobs: pyproject.toml setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/etl-jobs
+
+# The embedded default: SQLite in ./.dagster_home, Dagster UI + daemon, the demo batch queued.
+run: install
+	$(BIN)/etl-jobs stack --demo --port $(PORT)
+
+# The whole suite, against PostgreSQL and Redis on 127.0.0.1 (see README, Tests).
+test: install
+	$(BIN)/ruff check etl_pipelines etl_pipelines_tests bench
+	$(BIN)/ruff format --check etl_pipelines etl_pipelines_tests bench
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff format etl_pipelines etl_pipelines_tests bench
+	$(BIN)/ruff check --fix etl_pipelines etl_pipelines_tests bench
+
+bench: install
+	$(BIN)/python bench/dispatch_latency.py
+
+clean:
+	rm -rf $(VENV) .dagster_home .pytest_cache .ruff_cache

@@ -1,0 +1,102 @@
+"""Invariants over every job type, checked on the real Definitions."""
+
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from etl_pipelines.definitions import defs
+from etl_pipelines.framework.base import BaseJob
+from etl_pipelines.framework.jobs import op_name
+from etl_pipelines.framework.registry import job_types
+from etl_pipelines.settings import DEFAULT_QUEUES, Settings
+from etl_pipelines.stack import WORKSPACE_YAML
+from etl_pipelines_tests.harness import BIN, REPO
+
+SAMPLE_JOB_TYPES = {
+    "populate_records",
+    "slow_query",
+    "data_aggregation",
+    "truncate_table",
+    "drop_table",
+    "fibonacci",
+    "failed_job",
+}
+JOB_TYPES = sorted(job_types())
+
+
+def test_dagster_definitions_validate(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("DAGSTER_HOME", str(tmp_path))
+    out = subprocess.run(
+        [str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Validation successful" in out.stdout + out.stderr
+
+
+def test_every_sample_job_type_is_collected() -> None:
+    assert set(JOB_TYPES) >= SAMPLE_JOB_TYPES
+    assert {job.name for job in defs.resolve_all_job_defs()} == set(JOB_TYPES)
+
+
+@pytest.mark.parametrize("name", JOB_TYPES)
+def test_job_type_is_a_described_one_op_job_with_typed_config(name: str) -> None:
+    job_cls = job_types()[name]
+    job = defs.resolve_job_def(name)
+    assert job.description and job.description == job_cls.description()
+    (node,) = job.nodes
+    assert node.definition.name == op_name(job_cls)
+    assert node.definition.description == job.description
+    assert job.tags["etl/job_type"] == name
+    assert job.tags["etl/queue"] in DEFAULT_QUEUES
+    schema = node.definition.config_schema.config_type
+    assert set(schema.fields) == set(job_cls.model_fields)
+    for field_name, info in job_cls.model_fields.items():
+        assert info.description, f"{name}.{field_name} needs a description (the launchpad shows it)"
+        assert schema.fields[field_name].description == info.description
+    # The name is the snake_case of the class and the module's name.
+    assert job_cls.__module__ == f"etl_pipelines.jobs.{name}"
+
+
+@pytest.mark.parametrize("name", JOB_TYPES)
+def test_default_retry_schedule_is_exactly_1_5_15_minutes(name: str, clean_env: pytest.MonkeyPatch) -> None:
+    assert job_types()[name].retry_schedule(Settings.from_env()) == (60.0, 300.0, 900.0)
+
+
+def test_retry_schedule_overrides(clean_env: pytest.MonkeyPatch) -> None:
+    fib = job_types()["fibonacci"]
+    clean_env.setenv("ETL_RETRY_DELAYS", "1,2,3")
+    assert fib.retry_schedule(Settings.from_env()) == (1.0, 2.0, 3.0)
+    clean_env.setenv("ETL_RETRY_DELAYS_FIBONACCI", "5")
+    assert fib.retry_schedule(Settings.from_env()) == (5.0,)
+
+    class Patient(BaseJob):
+        """A job type with its own schedule."""
+
+        retry_delays = (10.0, 20.0)
+
+    clean_env.delenv("ETL_RETRY_DELAYS")
+    assert Patient.retry_schedule(Settings.from_env()) == (10.0, 20.0)
+
+
+def test_executor_runs_the_op_in_the_run_process() -> None:
+    for job in defs.resolve_all_job_defs():
+        assert job.executor_def.name == dg.in_process_executor.name
+
+
+def test_workspace_files_agree() -> None:
+    assert yaml.safe_load((REPO / "workspace.yaml").read_text()) == yaml.safe_load(WORKSPACE_YAML)
+
+
+def test_sensors_are_on_by_default() -> None:
+    sensors = (
+        defs.resolve_sensor_def("job_record_failures"),
+        defs.resolve_sensor_def("job_record_cancellations"),
+    )
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors)
