@@ -191,7 +191,7 @@ def list_job_types(as_json: bool) -> None:
                     info.annotation.__name__ if hasattr(info.annotation, "__name__") else info.annotation
                 ),
                 "required": info.is_required(),
-                "default": None if info.is_required() else info.get_default(),
+                "default": None if info.is_required() else info.get_default(call_default_factory=True),
                 "description": info.description,
             }
             for field, info in job_cls.model_fields.items()
@@ -214,23 +214,13 @@ def list_job_types(as_json: bool) -> None:
             click.echo(f"    {field}: {info['type']}, {default}  {info['description'] or ''}")
 
 
-def dispatch_demo() -> list[dict[str, Any]]:
-    """Dispatch the demo batch; return what was queued."""
-    from etl_pipelines.demo import DEMO_BATCH
-    from etl_pipelines.framework.dispatch import dispatch as dispatch_job
-
-    queued = []
-    for job_type, params in DEMO_BATCH:
-        handle = dispatch_job(job_type, **params)
-        queued.append({"id": handle.id, "job_type": job_type, "queue": handle.queue})
-    return queued
-
-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @clear_errors
 def demo(as_json: bool) -> None:
     """Dispatch the demo batch: the seven sample jobs on their queues."""
+    from etl_pipelines.demo import dispatch_demo
+
     queued = dispatch_demo()
     if as_json:
         emit_json(queued)
@@ -253,6 +243,8 @@ def stack(host: str, port: int, with_demo: bool) -> None:
     Settings.from_env()  # a bad setting fails here, before anything starts
 
     def on_ready() -> None:
+        from etl_pipelines.demo import dispatch_demo
+
         if with_demo:
             for item in dispatch_demo():
                 click.echo(f"queued {item['job_type']} on {item['queue']}: {item['id']}")

@@ -7,6 +7,7 @@ from pathlib import Path
 DEFAULT_QUEUES = ("high", "medium", "low", "default")
 DEFAULT_RETRY_DELAYS = (60.0, 300.0, 900.0)
 DEFAULT_ALLOWED_SCHEMAS = ("auth",)
+DEFAULT_JOB_TIMEOUT = 300.0
 # The code location name in workspace.yaml; runs submitted by dispatch() carry it.
 LOCATION_NAME = "etl_pipelines"
 
@@ -46,6 +47,9 @@ class Settings:
     queues: tuple[str, ...]
     retry_delays: tuple[float, ...]
     allowed_schemas: tuple[str, ...]
+    job_timeout: float
+    alert_webhook_url: str | None
+    import_dir: Path
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -62,4 +66,27 @@ class Settings:
             queues=queues,
             retry_delays=DEFAULT_RETRY_DELAYS if delays is None else parse_delays(delays),
             allowed_schemas=_split(env.get("ETL_ALLOWED_SCHEMAS", "")) or DEFAULT_ALLOWED_SCHEMAS,
+            job_timeout=_seconds("ETL_JOB_TIMEOUT", env.get("ETL_JOB_TIMEOUT"), DEFAULT_JOB_TIMEOUT),
+            alert_webhook_url=env.get("ETL_ALERT_WEBHOOK_URL") or None,
+            import_dir=Path(env.get("ETL_IMPORT_DIR") or dagster_home() / "imports").absolute(),
         )
+
+    def named_database_url(self, name: str) -> str:
+        """URL of a named database (ETL_DATABASE_URL_<NAME>), e.g. the source of a sync or import."""
+        variable = f"ETL_DATABASE_URL_{name.upper()}"
+        url = os.environ.get(variable)
+        if not url:
+            raise SettingsError(f"no database named {name!r}: set {variable}")
+        return url
+
+
+def _seconds(name: str, value: str | None, default: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds; got {value!r}") from None
+    if seconds <= 0:
+        raise SettingsError(f"{name} must be positive; got {value!r}")
+    return seconds

@@ -1,7 +1,6 @@
 """Run dagster-webserver and dagster-daemon in the foreground; stop every process on Ctrl-C/SIGTERM."""
 
 import contextlib
-import logging
 import os
 import signal
 import subprocess
@@ -12,8 +11,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from etl_pipelines.settings import LOCATION_NAME
-
-logger = logging.getLogger(__name__)
 
 WORKSPACE_YAML = f"""\
 load_from:

@@ -51,7 +51,7 @@ def test_dispatch_status_and_list(pg_deployment: Deployment) -> None:
     dispatched = pg_deployment.cli("dispatch", "slow_query", "-p", "duration=0.5", "--json")
     assert dispatched.returncode == 0, dispatched.stderr
     slow = json.loads(dispatched.stdout)
-    assert slow["queue"] == "medium" and slow["payload"] == {"duration": 0.5}
+    assert slow["queue"] == "medium" and slow["payload"] == {"duration": 0.5, "table": None}
 
     listed = json.loads(pg_deployment.cli("list", "--json").stdout)
     assert {job_id, slow["id"]} <= {r["id"] for r in listed}

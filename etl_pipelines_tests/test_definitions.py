@@ -66,7 +66,9 @@ def test_job_type_is_a_described_one_op_job_with_typed_config(name: str) -> None
 
 @pytest.mark.parametrize("name", JOB_TYPES)
 def test_default_retry_schedule_is_exactly_1_5_15_minutes(name: str, clean_env: pytest.MonkeyPatch) -> None:
-    assert job_types()[name].retry_schedule(Settings.from_env()) == (60.0, 300.0, 900.0)
+    job_cls = job_types()[name]
+    expected = (60.0, 300.0, 900.0) if job_cls.retry_delays is None else tuple(job_cls.retry_delays)
+    assert job_cls.retry_schedule(Settings.from_env()) == expected
 
 
 def test_retry_schedule_overrides(clean_env: pytest.MonkeyPatch) -> None:
@@ -95,8 +97,20 @@ def test_workspace_files_agree() -> None:
 
 
 def test_sensors_are_on_by_default() -> None:
-    sensors = (
-        defs.resolve_sensor_def("job_record_failures"),
-        defs.resolve_sensor_def("job_record_cancellations"),
-    )
-    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors)
+    names = ("job_failures", "job_cancellations", "aggregate_after_import")
+    assert all(defs.resolve_sensor_def(n).default_status == dg.DefaultSensorStatus.RUNNING for n in names)
+
+
+def test_schedules_have_an_explicit_timezone_and_a_description() -> None:
+    schedules = {s.name: s for s in defs.schedules}
+    assert set(schedules) == {
+        "demo_batch",
+        "nightly_data_import",
+        "nightly_vacuum_analyze",
+        "weekly_reindex",
+        "daily_archive_old_rows",
+    }
+    for schedule in schedules.values():
+        assert schedule.execution_timezone == "UTC"
+        assert schedule.description
+    assert schedules["demo_batch"].default_status == dg.DefaultScheduleStatus.STOPPED

@@ -3,11 +3,13 @@
 import inspect
 import os
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import dagster as dg
 import pydantic
+import sqlalchemy as sa
 
 from etl_pipelines.settings import Settings, parse_delays
 
@@ -16,8 +18,16 @@ if TYPE_CHECKING:
     from etl_pipelines.resources.database import TargetDatabase
 
 
-class JobInputError(ValueError):
+class NonRetryableError(Exception):
+    """A failure that waiting cannot fix (bad input, a failed check): the job fails at once."""
+
+
+class JobInputError(NonRetryableError, ValueError):
     """Parameters a job type cannot run with: wrong names, types or identifiers. Never retried."""
+
+
+class JobTimeoutError(TimeoutError):
+    """A statement ran past the job's timeout and PostgreSQL cancelled it."""
 
 
 def snake_case(name: str) -> str:
@@ -36,6 +46,19 @@ class JobContext:
     log: Any  # Dagster's logger: context.log in an op
     database: "TargetDatabase"
     settings: Settings
+    timeout: float  # seconds; PostgreSQL cancels a statement that runs longer
+
+    def connect(self, url: str | None = None) -> AbstractContextManager[sa.Connection]:
+        """A connection to the target (or `url`) with the job's statement timeout; commit as you go."""
+        return self.database.connect(self.timeout, url=url)
+
+    def begin(self, url: str | None = None) -> AbstractContextManager[sa.Connection]:
+        """One transaction on the target (or `url`) with the job's statement timeout."""
+        return self.database.connect(self.timeout, url=url, transaction=True)
+
+    def autocommit(self, url: str | None = None) -> AbstractContextManager[sa.Connection]:
+        """A connection outside any transaction (VACUUM, REINDEX CONCURRENTLY need one)."""
+        return self.database.connect(self.timeout, url=url, autocommit=True)
 
 
 class BaseJob(dg.Config):
@@ -47,6 +70,8 @@ class BaseJob(dg.Config):
     retry_delays: ClassVar[tuple[float, ...] | None] = None
     # Destructive job types only touch tables in ETL_ALLOWED_SCHEMAS.
     destructive: ClassVar[bool] = False
+    # Seconds an attempt's statements may run; None means ETL_JOB_TIMEOUT (default 300).
+    timeout_seconds: ClassVar[float | None] = None
 
     def handle(self, ctx: JobContext) -> Any:
         """Do the work; return a JSON-serialisable result."""
@@ -54,6 +79,16 @@ class BaseJob(dg.Config):
 
     def validate_input(self, settings: Settings) -> None:
         """Check parameters beyond their types (identifiers, schemas); raise JobInputError."""
+
+    def target(self) -> str | None:
+        """The table this job touches: two jobs with the same target never run at once."""
+        table = getattr(self, "table", None)
+        return table if isinstance(table, str) and table else None
+
+    @classmethod
+    def timeout(cls, settings: Settings) -> float:
+        """Seconds a statement of this job may run (the class's, else ETL_JOB_TIMEOUT)."""
+        return float(cls.timeout_seconds) if cls.timeout_seconds else settings.job_timeout
 
     @classmethod
     def job_type(cls) -> str:

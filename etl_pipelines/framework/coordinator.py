@@ -6,18 +6,14 @@ runs not made by dispatch() get their job record, their queue is checked, and th
 the `dagster/priority` the QueuedRunCoordinator sorts by.
 """
 
-import logging
-
 import dagster as dg
 
 from etl_pipelines.framework.jobs import op_name
-from etl_pipelines.framework.queues import UnknownQueueError, check_queue, priority
+from etl_pipelines.framework.queues import UnknownQueueError, check_queue
 from etl_pipelines.framework.registry import job_types
-from etl_pipelines.framework.tags import JOB_ID_TAG, PRIORITY_TAG, QUEUE_TAG, job_id_of
+from etl_pipelines.framework.tags import JOB_ID_TAG, QUEUE_TAG, job_id_of, run_tags
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobStatus, JobStore
-
-logger = logging.getLogger(__name__)
 
 
 class EtlRunCoordinator(dg.QueuedRunCoordinator):
@@ -40,12 +36,13 @@ def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.Dagster
     queue = run.tags.get(QUEUE_TAG) or job_cls.queue
     job_id = job_id_of(run)
     store = JobStore(settings.database_url)
+    payload = run.run_config.get("ops", {}).get(op_name(job_cls), {}).get("config", {})
     record = store.ensure(
         id=job_id,
         job_type=job_cls.job_type(),
         job_class=job_cls.job_class(),
         queue=queue,
-        payload=run.run_config.get("ops", {}).get(op_name(job_cls), {}).get("config", {}),
+        payload=payload,
         max_retries=len(job_cls.retry_schedule(settings)),
         run_id=run.run_id,
     )
@@ -56,15 +53,12 @@ def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.Dagster
         instance.report_run_failed(run, message=str(exc))
         return instance.get_run_by_id(run.run_id) or run
 
-    missing = {
-        key: value
-        for key, value in {
-            JOB_ID_TAG: job_id,
-            QUEUE_TAG: queue,
-            PRIORITY_TAG: str(priority(queue, settings.queues)),
-        }.items()
-        if key not in run.tags
-    }
+    try:
+        job = job_cls(**payload)
+    except Exception:  # bad config: the op reports it; only the target tag is lost here
+        job = None
+    wanted = {JOB_ID_TAG: job_id, **run_tags(job, job_cls, queue, settings)}
+    missing = {key: value for key, value in wanted.items() if key not in run.tags}
     if missing:
         instance.add_run_tags(run.run_id, missing)
         run = instance.get_run_by_id(run.run_id) or run

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from etl_pipelines.framework.base import BaseJob
-from etl_pipelines.framework.queues import PRIORITY_TAG, QUEUE_TAG, check_queue, priority
+from etl_pipelines.framework.queues import check_queue
 from etl_pipelines.framework.registry import get_job_type
-from etl_pipelines.framework.tags import JOB_ID_TAG
+from etl_pipelines.framework.tags import JOB_ID_TAG, run_tags
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStatus, JobStore
 
@@ -74,11 +74,7 @@ def dispatch(job_type: str | type[BaseJob], *, queue: str | None = None, **param
         max_retries=len(job_cls.retry_schedule(settings)),
         run_id=job_id,
     )
-    tags = {
-        JOB_ID_TAG: job_id,
-        QUEUE_TAG: queue,
-        PRIORITY_TAG: str(priority(queue, settings.queues)),
-    }
+    tags = {JOB_ID_TAG: job_id, **run_tags(job, job_cls, queue, settings)}
     try:
         submitter.submit(job_cls.job_type(), run_config, tags, run_id=job_id)
     except BaseException:

@@ -6,8 +6,9 @@ from datetime import timedelta
 from typing import Any
 
 import dagster as dg
+import sqlalchemy as sa
 
-from etl_pipelines.framework.base import BaseJob, JobContext, JobInputError
+from etl_pipelines.framework.base import BaseJob, JobContext, JobTimeoutError, NonRetryableError
 from etl_pipelines.framework.tags import JOB_TYPE_TAG, QUEUE_TAG, job_id_of
 from etl_pipelines.resources import JobStoreResource, TargetDatabase
 from etl_pipelines.settings import Settings
@@ -83,12 +84,20 @@ def run_job(
         log=context.log,
         database=database,
         settings=settings,
+        timeout=job_cls.timeout(settings),
     )
     try:
         job.validate_input(settings)
-        result = to_json(job.handle(ctx))
-    except JobInputError as exc:
-        # Bad parameters do not get better by waiting: fail at once.
+        try:
+            result = to_json(job.handle(ctx))
+        except sa.exc.OperationalError as exc:
+            if "statement timeout" not in str(exc.orig):
+                raise
+            raise JobTimeoutError(
+                f"a statement ran past the job's timeout of {ctx.timeout:g} s and was cancelled"
+            ) from exc
+    except NonRetryableError as exc:
+        # Bad parameters or a failed check do not get better by waiting: fail at once.
         store.mark_failed(job_id, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         raise
     except Exception as exc:

@@ -25,11 +25,10 @@ class DataAggregation(BaseJob):
         check_identifier(self.value_column, "column name")
 
     def handle(self, ctx: JobContext) -> dict[str, Any]:
-        engine = ctx.database.engine()
-        preparer = engine.dialect.identifier_preparer
-        group, value = preparer.quote(self.group_by), preparer.quote(self.value_column)
-        table = TableName.parse(self.table).quoted(engine.dialect)
-        with engine.connect() as connection:
+        with ctx.connect() as connection:
+            preparer = connection.dialect.identifier_preparer
+            group, value = preparer.quote(self.group_by), preparer.quote(self.value_column)
+            table = TableName.parse(self.table).quoted(connection.dialect)
             frame = pd.read_sql_query(
                 sa.text(f"SELECT {group} AS grp, {value} AS val FROM {table}"),  # noqa: S608 (quoted identifiers)
                 connection,

@@ -21,10 +21,9 @@ class DropTable(BaseJob):
         TableName.parse(self.table).check_schema(settings.allowed_schemas)
 
     def handle(self, ctx: JobContext) -> dict[str, object]:
-        engine = ctx.database.engine()
         table = TableName.parse(self.table).check_schema(ctx.settings.allowed_schemas)
-        existed = sa.inspect(engine).has_table(table.name, schema=table.schema)
         if_exists = " IF EXISTS" if self.if_exists else ""
-        with engine.begin() as connection:
-            connection.execute(sa.text(f"DROP TABLE{if_exists} {table.quoted(engine.dialect)}"))
+        with ctx.begin() as connection:
+            existed = sa.inspect(connection).has_table(table.name, schema=table.schema)
+            connection.execute(sa.text(f"DROP TABLE{if_exists} {table.quoted(connection.dialect)}"))
         return {"table": str(table), "dropped": existed}

@@ -22,10 +22,12 @@ class PopulateRecords(BaseJob):
 
     rows: int = Field(default=1000, ge=1, le=10_000_000, description="How many users to insert.")
 
+    def target(self) -> str:
+        return "auth.users"
+
     def handle(self, ctx: JobContext) -> dict[str, int]:
-        engine = ctx.database.engine()
         text = resources.files("etl_pipelines.jobs").joinpath("sql", SQL_FILE).read_text()
-        with engine.begin() as connection:
+        with ctx.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(sa.text("CREATE SCHEMA IF NOT EXISTS auth"))
             for statement in sql_statements(text):

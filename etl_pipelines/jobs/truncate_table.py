@@ -20,10 +20,9 @@ class TruncateTable(BaseJob):
         TableName.parse(self.table).check_schema(settings.allowed_schemas)
 
     def handle(self, ctx: JobContext) -> dict[str, object]:
-        engine = ctx.database.engine()
         table = TableName.parse(self.table).check_schema(ctx.settings.allowed_schemas)
-        quoted = table.quoted(engine.dialect)
-        with engine.begin() as connection:
+        with ctx.begin() as connection:
+            quoted = table.quoted(connection.dialect)
             # Only validated, dialect-quoted identifiers are placed in these statements.
             rows = connection.execute(sa.text(f"SELECT count(*) FROM {quoted}")).scalar_one()  # noqa: S608
             verb = "TRUNCATE TABLE" if connection.dialect.name == "postgresql" else "DELETE FROM"

@@ -45,7 +45,7 @@ def test_from_params_names_what_is_wrong() -> None:
         Fibonacci.from_params({"n": "ten"})
     with pytest.raises(JobInputError, match="greater than or equal to 0"):
         Fibonacci.from_params({"n": -1})
-    with pytest.raises(UnknownJobTypeError, match="known job types: data_aggregation"):
+    with pytest.raises(UnknownJobTypeError, match="known job types: archive_old_rows, data_aggregation"):
         get_job_type("nope")
 
 

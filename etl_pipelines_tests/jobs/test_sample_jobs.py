@@ -1,50 +1,10 @@
 """Each sample job type executed in process against a real target database (SQLite and PostgreSQL)."""
 
-from collections.abc import Iterator
-from typing import Any
-
 import dagster as dg
-import pytest
 import sqlalchemy as sa
 
-from etl_pipelines.definitions import defs
-from etl_pipelines.framework.dispatch import run_config_for
-from etl_pipelines.framework.registry import get_job_type
-from etl_pipelines.resources.database import TargetDatabase
-from etl_pipelines.settings import Settings
-from etl_pipelines.store import JobRecord, JobStatus, JobStore
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def target(request: pytest.FixtureRequest, clean_env: pytest.MonkeyPatch, tmp_path) -> Iterator[sa.Engine]:
-    clean_env.setenv("DAGSTER_HOME", str(tmp_path))
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'etl.sqlite'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    clean_env.setenv("ETL_DATABASE_URL", url)
-    clean_env.setenv("ETL_RETRY_DELAYS", "0,0")
-    engine = TargetDatabase().engine()
-    with engine.begin() as connection:
-        connection.execute(sa.text("DROP TABLE IF EXISTS auth.users"))
-        connection.execute(sa.text("DROP TABLE IF EXISTS auth.scratch"))
-    yield engine
-
-
-def execute(job_type: str, **params: Any) -> tuple[JobRecord, dg.ExecuteInProcessResult]:
-    job_cls = get_job_type(job_type)
-    with dg.instance_for_test() as instance:
-        result = defs.resolve_job_def(job_type).execute_in_process(
-            run_config=run_config_for(job_cls.model_construct(**params)),
-            instance=instance,
-            raise_on_error=False,
-        )
-    return JobStore(Settings.from_env().database_url).require(result.run_id), result
-
-
-def count(engine: sa.Engine, table: str) -> int:
-    with engine.connect() as connection:
-        return connection.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+from etl_pipelines.store import JobStatus
+from etl_pipelines_tests.jobs.helpers import count, execute
 
 
 def test_populate_aggregate_truncate_drop(target: sa.Engine) -> None:
