@@ -211,7 +211,8 @@ def test_slow_query_past_its_timeout_is_cancelled(
     with engine.connect() as connection:
         sleeping = connection.execute(
             sa.text(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'"
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'"
             )
         ).scalar_one()
     engine.dispose()
