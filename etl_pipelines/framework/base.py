@@ -80,6 +80,10 @@ class BaseJob(dg.Config):
     def validate_input(self, settings: Settings) -> None:
         """Check parameters beyond their types (identifiers, schemas); raise JobInputError."""
 
+    def result_metadata(self, result: Any) -> dict[str, dg.MetadataValue]:
+        """How the result appears on the run in the Dagster UI (override for tables, counts)."""
+        return {}
+
     def target(self) -> str | None:
         """The table this job touches: two jobs with the same target never run at once."""
         table = getattr(self, "table", None)

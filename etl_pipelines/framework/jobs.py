@@ -118,7 +118,9 @@ def run_job(
         store.mark_failed(job_id, error=error, traceback=traceback.format_exc())
         raise
     store.mark_completed(job_id, result)
-    context.add_output_metadata({"job_id": job_id, "result": result_metadata(result)})
+    context.add_output_metadata(
+        {"job_id": job_id, "result": result_metadata(result), **job.result_metadata(result)}
+    )
     return result
 
 

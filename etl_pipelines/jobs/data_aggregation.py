@@ -1,5 +1,6 @@
 from typing import Any, ClassVar
 
+import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
@@ -23,6 +24,14 @@ class DataAggregation(BaseJob):
         TableName.parse(self.table)
         check_identifier(self.group_by, "column name")
         check_identifier(self.value_column, "column name")
+
+    def result_metadata(self, result: dict[str, Any]) -> dict[str, dg.MetadataValue]:
+        header = f"| {self.group_by} | total | count | average |\n|---|---:|---:|---:|\n"
+        rows = "".join(
+            f"| {g[self.group_by]} | {g['total']:,.2f} | {g['count']} | {g['average']:,.2f} |\n"
+            for g in result["groups"]
+        )
+        return {"groups": dg.MetadataValue.md(header + rows), "rows": dg.MetadataValue.int(result["rows"])}
 
     def handle(self, ctx: JobContext) -> dict[str, Any]:
         with ctx.connect() as connection:

@@ -1,6 +1,7 @@
 from pathlib import Path
 from typing import Any, ClassVar
 
+import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
@@ -160,6 +161,9 @@ class DataImport(BaseJob):
                 f"({', '.join(map(str, frame.columns))})"
             )
         return frame[list(self.columns)], len(frame) + len(malformed), malformed
+
+    def result_metadata(self, result: dict[str, Any]) -> dict[str, dg.MetadataValue]:
+        return {k: dg.MetadataValue.int(v) for k, v in result.items() if k.startswith(("rows_", "dup"))}
 
     def handle(self, ctx: JobContext) -> dict[str, Any]:
         raw, rows_read, malformed = self.extract(ctx)

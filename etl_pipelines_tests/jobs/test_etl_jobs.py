@@ -4,6 +4,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 
@@ -32,10 +33,13 @@ def import_dir(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> Path:
 
 def test_data_import_csv_counts_and_types(target: sa.Engine, import_dir: Path) -> None:
     (import_dir / "users.csv").write_text(USERS_CSV)
-    record, _ = execute(
+    record, result = execute(
         "data_import", source_csv="users.csv", target_table="auth.staff", columns=COLUMNS, key_columns=["id"]
     )
     assert record.status == JobStatus.COMPLETED, record.error
+    (output,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_OUTPUT]
+    shown = {k: v.value for k, v in output.step_output_data.metadata.items()}
+    assert shown["rows_written"] == 3 and shown["rows_rejected"] == 3 and shown["duplicates"] == 1
     assert record.result == {
         "source": "users.csv",
         "target_table": "auth.staff",

@@ -29,7 +29,10 @@ def test_populate_aggregate_truncate_drop(target: sa.Engine) -> None:
     assert {g["department"]: g["total"] for g in groups} == {d: float(t) for d, t in expected}
     # The result is shown in the UI as run metadata.
     (materialization,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_OUTPUT]
-    assert materialization.step_output_data.metadata["result"].value == record.result
+    metadata = materialization.step_output_data.metadata
+    assert metadata["result"].value == record.result
+    assert metadata["rows"].value == 50
+    assert metadata["groups"].value.startswith("| department | total | count | average |")
 
     record, _ = execute("truncate_table", table="auth.users")
     assert record.status == JobStatus.COMPLETED and record.result == {
