@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import click
 import sqlalchemy as sa
+from dagster_postgres.utils import DagsterPostgresException
 
 from etl_pipelines.framework.base import JobInputError
 from etl_pipelines.framework.queues import UnknownQueueError
@@ -37,6 +38,8 @@ def clear_errors(func: F) -> F:
             raise click.ClickException(str(exc)) from None
         except sa.exc.OperationalError as exc:
             raise click.ClickException(f"job table unreachable: {exc.orig}") from None
+        except DagsterPostgresException as exc:
+            raise click.ClickException(f"Dagster storage unreachable: {exc} ({exc.__cause__})") from None
 
     return wrapper  # type: ignore[return-value]
 

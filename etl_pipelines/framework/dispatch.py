@@ -59,9 +59,9 @@ def dispatch(job_type: str | type[BaseJob], *, queue: str | None = None, **param
     job = job_cls.from_params(params)
     job.validate_input(settings)
 
+    store = JobStore(settings.database_url)  # first: an unreachable job table fails fast
     instance = get_instance()
     submitter = run_submitter(instance)
-    store = JobStore(settings.database_url)
     # The job's id is its first run's id; the record exists before the run can start.
     job_id = str(uuid.uuid4())
     run_config = run_config_for(job)

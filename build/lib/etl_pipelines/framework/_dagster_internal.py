@@ -1,0 +1,110 @@
+"""The one module that uses Dagster's private API, so an upgrade touches one place.
+
+Dagster has no public call to submit a run of a workspace job from Python: what `dagster job
+launch` does (code location -> remote job -> execution plan -> create_run -> submit_run) needs
+`dagster._core`. We load the code location in process (no gRPC code server) under the name the
+workspace.yaml gives it, so the daemon and webserver see the run as theirs.
+"""
+
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from dagster._core.definitions.selector import JobSubsetSelector
+from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.remote_representation.external import RemoteJob
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+
+from etl_pipelines.settings import LOCATION_NAME
+
+DEFINITIONS_MODULE = "etl_pipelines.definitions"
+
+
+class RunSubmitter:
+    """Creates and submits runs of this code location's jobs to `instance`'s run coordinator."""
+
+    def __init__(self, instance: dg.DagsterInstance):
+        self.instance = instance
+        origin = InProcessCodeLocationOrigin(
+            loadable_target_origin=LoadableTargetOrigin(
+                executable_path=sys.executable,
+                module_name=DEFINITIONS_MODULE,
+                working_directory=os.getcwd(),
+            ),
+            location_name=LOCATION_NAME,
+        )
+        self._process_context = WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin))
+        self._workspace = self._process_context.create_request_context()
+        self._code_location = self._workspace.get_code_location(LOCATION_NAME)
+        (self._repository,) = self._code_location.get_repositories().values()
+        self._jobs: dict[str, RemoteJob] = {}
+        self._lock = threading.Lock()
+
+    def _job(self, job_name: str) -> RemoteJob:
+        with self._lock:
+            job = self._jobs.get(job_name)
+            if job is None:
+                job = self._code_location.get_job(
+                    JobSubsetSelector(
+                        location_name=LOCATION_NAME,
+                        repository_name=self._repository.name,
+                        job_name=job_name,
+                        op_selection=None,
+                    )
+                )
+                self._jobs[job_name] = job
+            return job
+
+    def submit(
+        self, job_name: str, run_config: Mapping[str, Any], tags: Mapping[str, str], run_id: str
+    ) -> dg.DagsterRun:
+        """Create the run and hand it to the run coordinator (queued, not executed here)."""
+        remote_job = self._job(job_name)
+        plan = self._code_location.get_execution_plan(
+            remote_job,
+            run_config,
+            step_keys_to_execute=None,
+            known_state=None,
+            instance=self.instance,
+        ).execution_plan_snapshot
+        run = self.instance.create_run(
+            job_name=job_name,
+            run_id=run_id,
+            run_config=run_config,
+            resolved_op_selection=None,
+            step_keys_to_execute=plan.step_keys_to_execute,
+            op_selection=None,
+            status=None,
+            root_run_id=None,
+            parent_run_id=None,
+            tags={**remote_job.tags, **tags},
+            job_snapshot=remote_job.job_snapshot,
+            execution_plan_snapshot=plan,
+            parent_job_snapshot=remote_job.parent_job_snapshot,
+            remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(),
+            asset_selection=None,
+            asset_check_selection=None,
+            asset_graph=self._repository.asset_graph,
+        )
+        return self.instance.submit_run(run.run_id, self._workspace)
+
+
+_submitters: dict[tuple[int, int], RunSubmitter] = {}
+_submitters_lock = threading.Lock()
+
+
+def run_submitter(instance: dg.DagsterInstance) -> RunSubmitter:
+    """One submitter per instance per process: the code location is loaded once."""
+    key = (os.getpid(), id(instance))
+    with _submitters_lock:
+        submitter = _submitters.get(key)
+        if submitter is None:
+            submitter = RunSubmitter(instance)
+            _submitters[key] = submitter
+        return submitter

@@ -1,0 +1,153 @@
+"""BaseJob: a job type is a subclass with typed parameters (pydantic fields) and `handle()`."""
+
+import inspect
+import os
+import re
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import dagster as dg
+import pydantic
+import sqlalchemy as sa
+
+from etl_pipelines.settings import Settings, parse_delays
+
+if TYPE_CHECKING:
+    from etl_pipelines.framework.dispatch import JobHandle
+    from etl_pipelines.resources.database import TargetDatabase
+
+
+class NonRetryableError(Exception):
+    """A failure that waiting cannot fix (bad input, a failed check): the job fails at once."""
+
+
+class JobInputError(NonRetryableError, ValueError):
+    """Parameters a job type cannot run with: wrong names, types or identifiers. Never retried."""
+
+
+class JobTimeoutError(TimeoutError):
+    """A statement ran past the job's timeout and PostgreSQL cancelled it."""
+
+
+def snake_case(name: str) -> str:
+    """`TruncateTable` -> `truncate_table`, `ETLImport` -> `etl_import`."""
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What `handle()` gets besides its parameters."""
+
+    job_id: str
+    run_id: str
+    retry_count: int
+    log: Any  # Dagster's logger: context.log in an op
+    database: "TargetDatabase"
+    settings: Settings
+    timeout: float  # seconds; PostgreSQL cancels a statement that runs longer
+
+    def connect(self, url: str | None = None) -> AbstractContextManager[sa.Connection]:
+        """A connection to the target (or `url`) with the job's statement timeout; commit as you go."""
+        return self.database.connect(self.timeout, url=url)
+
+    def begin(self, url: str | None = None) -> AbstractContextManager[sa.Connection]:
+        """One transaction on the target (or `url`) with the job's statement timeout."""
+        return self.database.connect(self.timeout, url=url, transaction=True)
+
+    def autocommit(self, url: str | None = None) -> AbstractContextManager[sa.Connection]:
+        """A connection outside any transaction (VACUUM, REINDEX CONCURRENTLY need one)."""
+        return self.database.connect(self.timeout, url=url, autocommit=True)
+
+
+class BaseJob(dg.Config):
+    """Base class of every job type. Subclasses declare parameters as fields and implement handle()."""
+
+    # The queue a job of this type goes to unless dispatch names another.
+    queue: ClassVar[str] = "default"
+    # Seconds before each retry; None means the global ETL_RETRY_DELAYS (default 60,300,900).
+    retry_delays: ClassVar[tuple[float, ...] | None] = None
+    # Destructive job types only touch tables in ETL_ALLOWED_SCHEMAS.
+    destructive: ClassVar[bool] = False
+    # Seconds an attempt's statements may run; None means ETL_JOB_TIMEOUT (default 300).
+    timeout_seconds: ClassVar[float | None] = None
+
+    def handle(self, ctx: JobContext) -> Any:
+        """Do the work; return a JSON-serialisable result."""
+        raise NotImplementedError(f"{type(self).__name__}.handle() is not implemented")
+
+    def validate_input(self, settings: Settings) -> None:
+        """Check parameters beyond their types (identifiers, schemas); raise JobInputError."""
+
+    def result_metadata(self, result: Any) -> dict[str, dg.MetadataValue]:
+        """How the result appears on the run in the Dagster UI (override for tables, counts)."""
+        return {}
+
+    def target(self) -> str | None:
+        """The table this job touches: two jobs with the same target never run at once."""
+        table = getattr(self, "table", None)
+        return table if isinstance(table, str) and table else None
+
+    @classmethod
+    def timeout(cls, settings: Settings) -> float:
+        """Seconds a statement of this job may run (the class's, else ETL_JOB_TIMEOUT)."""
+        return float(cls.timeout_seconds) if cls.timeout_seconds else settings.job_timeout
+
+    @classmethod
+    def job_type(cls) -> str:
+        """The name used everywhere: module, Dagster job, CLI argument, `job_type` column."""
+        return snake_case(cls.__name__)
+
+    @classmethod
+    def job_class(cls) -> str:
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+    @classmethod
+    def description(cls) -> str:
+        doc = inspect.getdoc(cls)
+        if not doc or cls.__doc__ is None:
+            raise TypeError(f"job type {cls.__name__} needs a docstring: it is its description")
+        return doc.strip()
+
+    @classmethod
+    def retry_schedule(cls, settings: Settings) -> tuple[float, ...]:
+        """Delays before each retry: ETL_RETRY_DELAYS_<TYPE> env, else the class's, else the global."""
+        override = os.environ.get(f"ETL_RETRY_DELAYS_{cls.job_type().upper()}")
+        if override is not None:
+            return parse_delays(override)
+        return settings.retry_delays if cls.retry_delays is None else tuple(cls.retry_delays)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "BaseJob":
+        """Build and check a job from keyword parameters; JobInputError names what is wrong."""
+        known = set(cls.model_fields)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise JobInputError(
+                f"{cls.job_type()}: unknown parameter(s) {', '.join(unknown)}; "
+                f"parameters: {', '.join(sorted(known)) or '(none)'}"
+            )
+        # Dagster's Config turns a missing field into None; name it as missing instead.
+        missing = [n for n, f in cls.model_fields.items() if f.is_required() and n not in params]
+        if missing:
+            raise JobInputError(f"{cls.job_type()}: missing required parameter(s) {', '.join(missing)}")
+        try:
+            return cls(**params)
+        except pydantic.ValidationError as exc:
+            raise JobInputError(f"{cls.job_type()}: {_describe(exc)}") from None
+
+    @classmethod
+    def dispatch(cls, *, queue: str | None = None, **params: Any) -> "JobHandle":
+        """Queue a job of this type and return at once with its handle (`.id`)."""
+        from etl_pipelines.framework.dispatch import dispatch
+
+        return dispatch(cls, queue=queue, **params)
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "parameters"
+        problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(problems)

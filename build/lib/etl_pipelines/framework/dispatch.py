@@ -1,0 +1,84 @@
+"""dispatch(): queue a job and return at once. The record is saved before the run exists."""
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from etl_pipelines.framework.base import BaseJob
+from etl_pipelines.framework.queues import check_queue
+from etl_pipelines.framework.registry import get_job_type
+from etl_pipelines.framework.tags import JOB_ID_TAG, run_tags
+from etl_pipelines.settings import Settings
+from etl_pipelines.store import JobRecord, JobStatus, JobStore
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """A dispatched job: its id, and a way to look at its record."""
+
+    id: str
+    job_type: str
+    queue: str
+    database_url: str
+
+    def record(self) -> JobRecord:
+        """The job's current record."""
+        return JobStore(self.database_url).require(self.id)
+
+    def status(self) -> JobStatus:
+        return self.record().status
+
+    def wait(self, timeout: float = 300.0, poll: float = 0.2) -> JobRecord:
+        """Poll until the job is completed, failed or cancelled; TimeoutError after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.record()
+            if record.status.is_final:
+                return record
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} still {record.status} after {timeout:g} s")
+            time.sleep(poll)
+
+
+def run_config_for(job: BaseJob) -> dict[str, Any]:
+    """The Dagster run config that carries `job`'s parameters to its op."""
+    from etl_pipelines.framework.jobs import op_name
+
+    return {"ops": {op_name(type(job)): {"config": job.model_dump(mode="json")}}}
+
+
+def dispatch(job_type: str | type[BaseJob], *, queue: str | None = None, **params: Any) -> JobHandle:
+    """Check the job, save its record as queued, submit its run to Dagster's run queue."""
+    from etl_pipelines.framework._dagster_internal import run_submitter
+    from etl_pipelines.framework.instance import get_instance
+
+    job_cls = get_job_type(job_type) if isinstance(job_type, str) else job_type
+    settings = Settings.from_env()
+    queue = check_queue(queue or job_cls.queue, settings.queues)
+    job = job_cls.from_params(params)
+    job.validate_input(settings)
+
+    store = JobStore(settings.database_url)  # first: an unreachable job table fails fast
+    instance = get_instance()
+    submitter = run_submitter(instance)
+    # The job's id is its first run's id; the record exists before the run can start.
+    job_id = str(uuid.uuid4())
+    run_config = run_config_for(job)
+    store.create(
+        id=job_id,
+        job_type=job_cls.job_type(),
+        job_class=job_cls.job_class(),
+        queue=queue,
+        payload=job.model_dump(mode="json"),
+        max_retries=len(job_cls.retry_schedule(settings)),
+        run_id=job_id,
+    )
+    tags = {JOB_ID_TAG: job_id, **run_tags(job, job_cls, queue, settings)}
+    try:
+        submitter.submit(job_cls.job_type(), run_config, tags, run_id=job_id)
+    except BaseException:
+        # Never queued: leave no record claiming it was.
+        store.delete(job_id)
+        raise
+    return JobHandle(id=job_id, job_type=job_cls.job_type(), queue=queue, database_url=settings.database_url)

@@ -1,0 +1,38 @@
+"""The Dagster instance of this process: DAGSTER_HOME's, or the embedded default's."""
+
+import os
+import threading
+from importlib import resources
+from pathlib import Path
+
+import dagster as dg
+
+from etl_pipelines.settings import dagster_home
+
+_instances: dict[tuple[int, Path], dg.DagsterInstance] = {}
+_lock = threading.Lock()
+
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME, exported; the embedded default's directory and dagster.yaml are created."""
+    home = dagster_home()
+    if not os.environ.get("DAGSTER_HOME"):
+        os.environ["DAGSTER_HOME"] = str(home)
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "dagster.yaml"
+        if not config.exists():
+            template = resources.files("etl_pipelines").joinpath("embedded_dagster.yaml")
+            config.write_text(template.read_text())
+    return home
+
+
+def get_instance() -> dg.DagsterInstance:
+    """The process's instance for DAGSTER_HOME, opened once."""
+    home = ensure_dagster_home()
+    key = (os.getpid(), home)
+    with _lock:
+        instance = _instances.get(key)
+        if instance is None:
+            instance = dg.DagsterInstance.from_config(str(home))
+            _instances[key] = instance
+        return instance

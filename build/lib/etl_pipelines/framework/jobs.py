@@ -1,0 +1,150 @@
+"""Turning a BaseJob subclass into a one-op Dagster job, and what that op does when it runs."""
+
+import json
+import traceback
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+
+from etl_pipelines.framework.base import BaseJob, JobContext, JobTimeoutError, NonRetryableError
+from etl_pipelines.framework.tags import JOB_TYPE_TAG, QUEUE_TAG, job_id_of
+from etl_pipelines.resources import JobStoreResource, TargetDatabase
+from etl_pipelines.settings import Settings
+from etl_pipelines.store.models import utcnow
+
+
+def build_job(job_cls: type[BaseJob]) -> dg.JobDefinition:
+    """A Dagster job with one op whose typed config is the job type's parameters."""
+    name = job_cls.job_type()
+    description = job_cls.description()
+
+    # The result goes to the job table and the run's metadata; a Nothing output keeps the IO
+    # manager from pickling a copy of it for every run.
+    @dg.op(
+        name=op_name(job_cls),
+        description=description,
+        tags={JOB_TYPE_TAG: name},
+        out=dg.Out(dg.Nothing),
+    )
+    def _op(
+        context: dg.OpExecutionContext,
+        config: job_cls,  # type: ignore[valid-type]  (a class chosen at run time)
+        job_store: JobStoreResource,
+        database: TargetDatabase,
+    ) -> None:
+        run_job(context, config, job_store, database)
+
+    @dg.job(
+        name=name,
+        description=description,
+        tags={JOB_TYPE_TAG: name, QUEUE_TAG: job_cls.queue},
+    )
+    def _job() -> None:
+        _op()
+
+    return _job
+
+
+def op_name(job_cls: type[BaseJob]) -> str:
+    """The op's name (a repository's op and job names must differ): `fibonacci_op`."""
+    return f"{job_cls.job_type()}_op"
+
+
+def run_job(
+    context: dg.OpExecutionContext,
+    job: BaseJob,
+    job_store: JobStoreResource,
+    database: TargetDatabase,
+) -> Any:
+    """Run one attempt of `job`, keeping its record current; ask Dagster for a retry on failure."""
+    job_cls = type(job)
+    settings = Settings.from_env()
+    store = job_store.store()
+    run = context.run
+    job_id = job_id_of(run)
+    delays = job_cls.retry_schedule(settings)
+    # Runs not made by dispatch() (dagster job execute, say) get their record here.
+    store.ensure(
+        id=job_id,
+        job_type=job_cls.job_type(),
+        job_class=job_cls.job_class(),
+        queue=run.tags.get(QUEUE_TAG, job_cls.queue),
+        payload=job.model_dump(mode="json"),
+        max_retries=len(delays),
+        run_id=run.run_id,
+    )
+    retry_number = context.retry_number
+    store.mark_started(job_id, run.run_id, retry_count=retry_number)
+    ctx = JobContext(
+        job_id=job_id,
+        run_id=run.run_id,
+        retry_count=retry_number,
+        log=context.log,
+        database=database,
+        settings=settings,
+        timeout=job_cls.timeout(settings),
+    )
+    try:
+        job.validate_input(settings)
+        try:
+            result = to_json(job.handle(ctx))
+        except sa.exc.OperationalError as exc:
+            if "statement timeout" not in str(exc.orig):
+                raise
+            raise JobTimeoutError(
+                f"a statement ran past the job's timeout of {ctx.timeout:g} s and was cancelled"
+            ) from exc
+    except NonRetryableError as exc:
+        # Bad parameters or a failed check do not get better by waiting: fail at once.
+        store.mark_failed(job_id, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        raise
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        if retry_number < len(delays):
+            wait = delays[retry_number]
+            store.mark_waiting_retry(
+                job_id,
+                error=error,
+                traceback=traceback.format_exc(),
+                next_retry_at=utcnow() + timedelta(seconds=wait),
+            )
+            context.log.warning(
+                f"attempt {retry_number + 1} of {len(delays) + 1} failed ({error}); retry in {wait:g} s"
+            )
+            # RetryRequested gives exact waits; RetryPolicy's backoff cannot express 60/300/900.
+            raise dg.RetryRequested(max_retries=len(delays), seconds_to_wait=wait) from exc
+        store.mark_failed(job_id, error=error, traceback=traceback.format_exc())
+        raise
+    store.mark_completed(job_id, result)
+    context.add_output_metadata(
+        {"job_id": job_id, "result": result_metadata(result), **job.result_metadata(result)}
+    )
+    return result
+
+
+def to_json(value: Any) -> Any:
+    """`value` as plain JSON data (a TypeError names what cannot be stored)."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalars from pandas
+        return value.item()
+    raise TypeError(f"job result is not JSON-serialisable: {type(value).__name__}")
+
+
+def result_metadata(result: Any) -> dg.MetadataValue:
+    """How a result is shown in the Dagster UI."""
+    if isinstance(result, bool) or result is None:
+        return dg.MetadataValue.text(json.dumps(result))
+    if isinstance(result, int):
+        return dg.MetadataValue.int(result)
+    if isinstance(result, float):
+        return dg.MetadataValue.float(result)
+    if isinstance(result, str):
+        return dg.MetadataValue.text(result)
+    return dg.MetadataValue.json(result)

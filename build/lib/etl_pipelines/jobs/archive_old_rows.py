@@ -1,0 +1,91 @@
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from pydantic import Field
+
+from etl_pipelines.framework import BaseJob, JobContext
+from etl_pipelines.framework.identifiers import TableName, check_identifier
+from etl_pipelines.settings import Settings
+
+
+class ArchiveOldRows(BaseJob):
+    """Move rows older than N days into an archive table, in batches, each batch atomic."""
+
+    queue: ClassVar[str] = "low"
+    destructive: ClassVar[bool] = True
+
+    table: str = Field(description="schema.table to archive from; schema in ETL_ALLOWED_SCHEMAS.")
+    archive_table: str | None = Field(
+        default=None,
+        description="schema.table to move rows into (created if missing); default <table>_archive.",
+    )
+    timestamp_column: str = Field(default="created_at", description="Age column (taken as UTC).")
+    key_column: str = Field(default="id", description="Unique key column, for batching.")
+    older_than_days: float = Field(default=365, ge=0, description="Archive rows older than this.")
+    batch_size: int = Field(default=1000, ge=1, le=100_000, description="Rows moved per transaction.")
+    pause_seconds: float = Field(default=0, ge=0, le=60, description="Pause between batches (load).")
+
+    def archive(self) -> TableName:
+        source = TableName.parse(self.table)
+        if self.archive_table:
+            return TableName.parse(self.archive_table)
+        return TableName(source.schema, check_identifier(f"{source.name}_archive", "table name"))
+
+    def validate_input(self, settings: Settings) -> None:
+        TableName.parse(self.table).check_schema(settings.allowed_schemas)
+        self.archive().check_schema(settings.allowed_schemas)
+        check_identifier(self.timestamp_column, "column name")
+        check_identifier(self.key_column, "column name")
+
+    def handle(self, ctx: JobContext) -> dict[str, Any]:
+        source = TableName.parse(self.table).check_schema(ctx.settings.allowed_schemas)
+        archive = self.archive().check_schema(ctx.settings.allowed_schemas)
+        # One cutoff for the whole run, naive UTC so it compares alike with timestamp columns.
+        cutoff = (datetime.now(UTC) - timedelta(days=self.older_than_days)).replace(tzinfo=None)
+        moved = batches = 0
+        with ctx.begin() as connection:
+            src, dst = source.quoted(connection.dialect), archive.quoted(connection.dialect)
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    sa.text(f"CREATE TABLE IF NOT EXISTS {dst} (LIKE {src} INCLUDING DEFAULTS)")
+                )
+            else:
+                empty_copy = f"CREATE TABLE IF NOT EXISTS {dst} AS SELECT * FROM {src} WHERE 0"  # noqa: S608
+                connection.execute(sa.text(empty_copy))
+        preparer = connection.dialect.identifier_preparer
+        key, ts = preparer.quote(self.key_column), preparer.quote(self.timestamp_column)
+        lock = " FOR UPDATE SKIP LOCKED" if connection.dialect.name == "postgresql" else ""
+        # Only validated, dialect-quoted identifiers are placed in these statements.
+        select_keys = sa.text(
+            f"SELECT {key} FROM {src} WHERE {ts} < :cutoff ORDER BY {key} LIMIT :n{lock}"  # noqa: S608
+        )
+        copy = sa.text(f"INSERT INTO {dst} SELECT * FROM {src} WHERE {key} IN :keys").bindparams(  # noqa: S608
+            sa.bindparam("keys", expanding=True)
+        )
+        delete = sa.text(f"DELETE FROM {src} WHERE {key} IN :keys").bindparams(  # noqa: S608
+            sa.bindparam("keys", expanding=True)
+        )
+        while True:
+            # Copy and delete commit together: a crash between batches loses and duplicates nothing.
+            with ctx.begin() as connection:
+                keys = (
+                    connection.execute(select_keys, {"cutoff": cutoff, "n": self.batch_size}).scalars().all()
+                )
+                if not keys:
+                    break
+                connection.execute(copy, {"keys": keys})
+                connection.execute(delete, {"keys": keys})
+            moved += len(keys)
+            batches += 1
+            if self.pause_seconds:
+                time.sleep(self.pause_seconds)
+        ctx.log.info(f"moved {moved} rows from {source} to {archive} in {batches} batches")
+        return {
+            "table": str(source),
+            "archive_table": str(archive),
+            "cutoff": cutoff.isoformat() + "Z",
+            "rows_moved": moved,
+            "batches": batches,
+        }

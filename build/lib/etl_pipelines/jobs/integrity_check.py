@@ -1,0 +1,87 @@
+import json
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from pydantic import Field
+
+from etl_pipelines.framework import BaseJob, JobContext, JobInputError
+from etl_pipelines.framework.base import NonRetryableError
+from etl_pipelines.framework.identifiers import TableName, check_identifier
+from etl_pipelines.settings import Settings
+
+
+class IntegrityViolation(NonRetryableError):
+    """An integrity check found violations; the message carries the report as JSON."""
+
+
+def parse_reference(text: str) -> tuple[str, TableName, str]:
+    """`user_id->auth.users.id` -> ("user_id", auth.users, "id")."""
+    column, arrow, parent = text.partition("->")
+    parts = parent.rsplit(".", 1)
+    if not arrow or len(parts) != 2:
+        raise JobInputError(f"reference {text!r}: expected column->schema.table.column")
+    return (
+        check_identifier(column.strip(), "column name"),
+        TableName.parse(parts[0].strip()),
+        check_identifier(parts[1].strip(), "column name"),
+    )
+
+
+class IntegrityCheck(BaseJob):
+    """Check a table for foreign-key orphans and row counts; fail with a report when violated."""
+
+    queue: ClassVar[str] = "low"
+
+    table: str = Field(description="Table or schema.table to check.")
+    references: list[str] = Field(
+        default_factory=list,
+        description="Extra references to check, as column->schema.table.column (declared foreign "
+        "keys are always checked).",
+    )
+    min_rows: int | None = Field(default=None, ge=0, description="Fail when the table has fewer rows.")
+    max_rows: int | None = Field(default=None, ge=0, description="Fail when the table has more rows.")
+
+    def validate_input(self, settings: Settings) -> None:
+        TableName.parse(self.table)
+        for reference in self.references:
+            parse_reference(reference)
+
+    def handle(self, ctx: JobContext) -> dict[str, Any]:
+        table = TableName.parse(self.table)
+        references = [parse_reference(r) for r in self.references]
+        with ctx.connect() as connection:
+            for fk in sa.inspect(connection).get_foreign_keys(table.name, schema=table.schema):
+                parent = TableName(fk.get("referred_schema") or table.schema, fk["referred_table"])
+                references += [
+                    (child, parent, referred)
+                    for child, referred in zip(fk["constrained_columns"], fk["referred_columns"], strict=True)
+                ]
+            quote = connection.dialect.identifier_preparer.quote
+            child_table = table.quoted(connection.dialect)
+            rows = connection.execute(sa.text(f"SELECT count(*) FROM {child_table}")).scalar_one()  # noqa: S608
+            checks = []
+            for column, parent, referred in dict.fromkeys(references):
+                # Only validated, dialect-quoted identifiers are placed in the statement.
+                orphans = sa.text(
+                    f"SELECT c.{quote(column)} FROM {child_table} c "  # noqa: S608
+                    f"LEFT JOIN {parent.quoted(connection.dialect)} p "
+                    f"ON c.{quote(column)} = p.{quote(referred)} "
+                    f"WHERE c.{quote(column)} IS NOT NULL AND p.{quote(referred)} IS NULL"
+                )
+                found = connection.execute(orphans).scalars().all()
+                checks.append(
+                    {
+                        "check": f"{column} -> {parent}.{referred}",
+                        "orphans": len(found),
+                        "sample": sorted({str(v) for v in found})[:10],
+                    }
+                )
+        problems = [c["check"] for c in checks if c["orphans"]]
+        if self.min_rows is not None and rows < self.min_rows:
+            problems.append(f"row count {rows} < min_rows {self.min_rows}")
+        if self.max_rows is not None and rows > self.max_rows:
+            problems.append(f"row count {rows} > max_rows {self.max_rows}")
+        report = {"table": str(table), "rows": rows, "checks": checks, "violations": problems}
+        if problems:
+            raise IntegrityViolation(f"{len(problems)} violation(s): {json.dumps(report)}")
+        return report

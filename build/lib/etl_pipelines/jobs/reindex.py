@@ -1,0 +1,27 @@
+from typing import ClassVar
+
+import sqlalchemy as sa
+from pydantic import Field
+
+from etl_pipelines.framework import BaseJob, JobContext
+from etl_pipelines.framework.identifiers import TableName
+from etl_pipelines.settings import Settings
+
+
+class Reindex(BaseJob):
+    """Rebuild every index of a table (REINDEX TABLE)."""
+
+    queue: ClassVar[str] = "low"
+
+    table: str = Field(description="Table or schema.table whose indexes are rebuilt.")
+
+    def validate_input(self, settings: Settings) -> None:
+        TableName.parse(self.table)
+
+    def handle(self, ctx: JobContext) -> dict[str, object]:
+        table = TableName.parse(self.table)
+        with ctx.autocommit() as connection:
+            indexes = [i["name"] for i in sa.inspect(connection).get_indexes(table.name, schema=table.schema)]
+            keyword = "REINDEX TABLE" if connection.dialect.name == "postgresql" else "REINDEX"
+            connection.execute(sa.text(f"{keyword} {table.quoted(connection.dialect)}"))
+        return {"table": str(table), "indexes": sorted(filter(None, indexes))}

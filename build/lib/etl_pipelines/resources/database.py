@@ -1,0 +1,95 @@
+"""The database the jobs work on (ETL_TARGET_DATABASE_URL, by default the job table's database)."""
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import dagster as dg
+import sqlalchemy as sa
+from pydantic import Field
+
+from etl_pipelines.framework.identifiers import check_identifier
+from etl_pipelines.settings import Settings
+from etl_pipelines.store.engine import create_engine
+
+_engines: dict[tuple[int, str, tuple[str, ...]], sa.Engine] = {}
+_lock = threading.Lock()
+
+
+def _sqlite_target_setup(schemas: tuple[str, ...], directory: str, stem: str):
+    def on_connect(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        # SQLite has no schemas: each allowed schema is an attached database file beside the
+        # main one, so `auth.users` means the same table on SQLite as on PostgreSQL.
+        for schema in schemas:
+            path = os.path.join(directory, f"{stem}.{schema}.sqlite")
+            cursor.execute(f"ATTACH DATABASE ? AS {schema}", (path,))
+        cursor.close()
+        # PostgreSQL's pg_sleep, so SlowQuery behaves alike on the embedded default.
+        dbapi_connection.create_function("pg_sleep", 1, lambda seconds: time.sleep(float(seconds)))
+
+    return on_connect
+
+
+def target_engine(url: str, schemas: tuple[str, ...]) -> sa.Engine:
+    """The process's engine for a target database (schemas attached on SQLite)."""
+    key = (os.getpid(), url, schemas)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = create_engine(url)
+            parsed = sa.make_url(url)
+            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+                database = os.path.abspath(parsed.database)
+                stem = os.path.splitext(os.path.basename(database))[0]
+                setup = _sqlite_target_setup(schemas, os.path.dirname(database), stem)
+                sa.event.listen(engine, "connect", setup)
+            _engines[key] = engine
+        return engine
+
+
+class TargetDatabase(dg.ConfigurableResource):
+    """The database that job types read and change."""
+
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; empty means ETL_TARGET_DATABASE_URL, else ETL_DATABASE_URL.",
+    )
+
+    def engine(self, url: str | None = None) -> sa.Engine:
+        """An engine for the target database (or another `url`), created once per process."""
+        settings = Settings.from_env()
+        # Schema names come from configuration and are checked before they reach ATTACH.
+        schemas = tuple(check_identifier(s, "schema name") for s in settings.allowed_schemas)
+        return target_engine(url or self.url or settings.target_database_url, schemas)
+
+    @contextlib.contextmanager
+    def connect(
+        self,
+        statement_timeout: float | None,
+        *,
+        url: str | None = None,
+        transaction: bool = False,
+        autocommit: bool = False,
+    ) -> Iterator[sa.Connection]:
+        """A connection whose statements PostgreSQL cancels after `statement_timeout` seconds."""
+        engine = self.engine(url)
+        with engine.connect() as connection:
+            if autocommit:
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            if connection.dialect.name == "postgresql" and statement_timeout:
+                # Session-wide and committed, so it holds for every transaction the job opens
+                # on this connection; set again at every checkout, whatever the last job set.
+                connection.execute(
+                    sa.text("SELECT set_config('statement_timeout', :ms, false)"),
+                    {"ms": f"{int(statement_timeout * 1000)}"},
+                )
+                if not autocommit:
+                    connection.commit()
+            if transaction:
+                with connection.begin():
+                    yield connection
+            else:
+                yield connection

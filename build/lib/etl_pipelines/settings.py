@@ -1,0 +1,92 @@
+"""Configuration from environment variables, read when asked for (never at import time)."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_QUEUES = ("high", "medium", "low", "default")
+DEFAULT_RETRY_DELAYS = (60.0, 300.0, 900.0)
+DEFAULT_ALLOWED_SCHEMAS = ("auth",)
+DEFAULT_JOB_TIMEOUT = 300.0
+# The code location name in workspace.yaml; runs submitted by dispatch() carry it.
+LOCATION_NAME = "etl_pipelines"
+
+
+class SettingsError(ValueError):
+    """A configuration variable has a value that cannot be used."""
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def parse_delays(value: str) -> tuple[float, ...]:
+    """Parse a comma-separated list of retry delays in seconds (an empty string means no retries)."""
+    try:
+        delays = tuple(float(part) for part in _split(value))
+    except ValueError:
+        raise SettingsError(
+            f"ETL_RETRY_DELAYS must be comma-separated seconds, e.g. 60,300,900; got {value!r}"
+        ) from None
+    if any(d < 0 for d in delays):
+        raise SettingsError(f"ETL_RETRY_DELAYS must not be negative; got {value!r}")
+    return delays
+
+
+def dagster_home() -> Path:
+    """DAGSTER_HOME, or the project-local `.dagster_home` of the embedded default."""
+    return Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home").absolute()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting etl_pipelines reads, with its documented default."""
+
+    database_url: str
+    target_database_url: str
+    queues: tuple[str, ...]
+    retry_delays: tuple[float, ...]
+    allowed_schemas: tuple[str, ...]
+    job_timeout: float
+    alert_webhook_url: str | None
+    import_dir: Path
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        """Read the settings from the environment (see README, Configuration)."""
+        env = os.environ
+        database_url = env.get("ETL_DATABASE_URL") or f"sqlite:///{dagster_home() / 'etl.sqlite'}"
+        queues = _split(env.get("ETL_QUEUES", "")) or DEFAULT_QUEUES
+        if len(set(queues)) != len(queues):
+            raise SettingsError(f"ETL_QUEUES lists a queue twice: {','.join(queues)}")
+        delays = env.get("ETL_RETRY_DELAYS")
+        return cls(
+            database_url=database_url,
+            target_database_url=env.get("ETL_TARGET_DATABASE_URL") or database_url,
+            queues=queues,
+            retry_delays=DEFAULT_RETRY_DELAYS if delays is None else parse_delays(delays),
+            allowed_schemas=_split(env.get("ETL_ALLOWED_SCHEMAS", "")) or DEFAULT_ALLOWED_SCHEMAS,
+            job_timeout=_seconds("ETL_JOB_TIMEOUT", env.get("ETL_JOB_TIMEOUT"), DEFAULT_JOB_TIMEOUT),
+            alert_webhook_url=env.get("ETL_ALERT_WEBHOOK_URL") or None,
+            import_dir=Path(env.get("ETL_IMPORT_DIR") or dagster_home() / "imports").absolute(),
+        )
+
+    def named_database_url(self, name: str) -> str:
+        """URL of a named database (ETL_DATABASE_URL_<NAME>), e.g. the source of a sync or import."""
+        variable = f"ETL_DATABASE_URL_{name.upper()}"
+        url = os.environ.get(variable)
+        if not url:
+            raise SettingsError(f"no database named {name!r}: set {variable}")
+        return url
+
+
+def _seconds(name: str, value: str | None, default: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds; got {value!r}") from None
+    if seconds <= 0:
+        raise SettingsError(f"{name} must be positive; got {value!r}")
+    return seconds

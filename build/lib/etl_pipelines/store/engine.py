@@ -1,0 +1,41 @@
+"""Engines, one per database URL per process (Celery and Dagster fork: never share one across a fork)."""
+
+import os
+import threading
+
+import sqlalchemy as sa
+
+_engines: dict[tuple[int, str], sa.Engine] = {}
+_lock = threading.Lock()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # Several processes (run workers, CLI, daemon) write the same file: WAL lets readers through
+    # and busy_timeout makes writers wait for the lock instead of failing at once.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def get_engine(url: str) -> sa.Engine:
+    """The process's engine for `url`, created on first use."""
+    key = (os.getpid(), url)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = create_engine(url)
+            _engines[key] = engine
+        return engine
+
+
+def create_engine(url: str) -> sa.Engine:
+    """A new engine with the settings etl_pipelines wants for each backend."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)

@@ -1,0 +1,106 @@
+"""The job table: one row per job, whatever launched it (dispatch, UI, GraphQL, CLI, schedule, sensor)."""
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class JobStatus(enum.StrEnum):
+    """Lifecycle: queued -> started -> (waiting_retry -> started)* -> completed | failed; or cancelled."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    WAITING_RETRY = "waiting_retry"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite drops the offset; this restores it)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime stored in the job table; use datetime.now(UTC)")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRecord(Base):
+    """A job: what to run, where it is, and how it ended."""
+
+    # Prefixed so it can share a database with Dagster's own tables (runs, jobs, job_ticks, ...).
+    __tablename__ = "etl_jobs"
+    __table_args__ = (
+        sa.Index("ix_etl_jobs_status_created", "status", "created_at"),
+        sa.Index("ix_etl_jobs_queue_status", "queue", "status"),
+        sa.Index("ix_etl_jobs_type_created", "job_type", "created_at"),
+        sa.Index("ix_etl_jobs_run_id", "run_id"),
+    )
+
+    # The id of the job's first Dagster run: re-executions keep it (their root run id).
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    job_type: Mapped[str] = mapped_column(sa.String(100))
+    job_class: Mapped[str] = mapped_column(sa.String(255))
+    queue: Mapped[str] = mapped_column(sa.String(50))
+    status: Mapped[JobStatus] = mapped_column(
+        sa.Enum(
+            JobStatus,
+            native_enum=False,
+            length=20,
+            values_callable=lambda enum_cls: [member.value for member in enum_cls],
+            validate_strings=True,
+        )
+    )
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    result: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
+    error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    traceback: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    retry_count: Mapped[int] = mapped_column(default=0)
+    max_retries: Mapped[int] = mapped_column(default=0)
+    next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The latest run, and every run in order (re-executions append).
+    run_id: Mapped[str | None] = mapped_column(sa.String(36), nullable=True)
+    run_ids: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready data (timestamps in ISO 8601)."""
+        data: dict[str, Any] = {}
+        for column in self.__table__.columns:
+            value = getattr(self, column.key)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, JobStatus):
+                value = value.value
+            data[column.key] = value
+        return data
