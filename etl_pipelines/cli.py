@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from dagster_postgres.utils import DagsterPostgresException
 
 from etl_pipelines.framework.base import JobInputError
-from etl_pipelines.framework.queues import UnknownQueueError
+from etl_pipelines.framework.queues import UnknownQueueError, check_queue
 from etl_pipelines.framework.registry import UnknownJobTypeError, get_job_type, job_types
 from etl_pipelines.settings import Settings, SettingsError
 from etl_pipelines.store import JobNotFoundError, JobRecord, JobStatus, JobStore
@@ -232,18 +232,53 @@ def demo(as_json: bool) -> None:
             click.echo(f"{item['id']}  {item['job_type']:<17} {item['queue']}")
 
 
+def _queues(value: str | None, settings: Settings) -> list[str]:
+    queues = [q.strip() for q in (value or ",".join(settings.queues)).split(",") if q.strip()]
+    for queue in queues:
+        check_queue(queue, settings.queues)
+    # Priority order is the configured order, whatever order they were given in.
+    return sorted(set(queues), key=settings.queues.index)
+
+
+@cli.command()
+@click.option("--queues", "-Q", help="Comma-separated queues to consume (default: all of ETL_QUEUES).")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=2, show_default=True)
+@click.option("--name", "-n", help="Worker name (Celery hostname, e.g. w1@%h).")
+@clear_errors
+def worker(queues: str | None, concurrency: int, name: str | None) -> None:
+    """A Celery worker taking runs from the queues strictly in priority order."""
+    from etl_pipelines.framework.celery_queue import make_celery, worker_argv
+    from etl_pipelines.framework.instance import ensure_dagster_home
+
+    ensure_dagster_home()
+    settings = Settings.from_env()
+    app = make_celery(settings)
+    app.worker_main(worker_argv(_queues(queues, settings), concurrency, name))
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Where the UI listens.")
 @click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
 @click.option("--demo/--no-demo", "with_demo", default=False, help="Dispatch the demo batch once up.")
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Celery workers to run (default: 1 when ETL_REDIS_URL is set, else 0).",
+)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=2, show_default=True)
 @clear_errors
-def stack(host: str, port: int, with_demo: bool) -> None:
-    """Run dagster-webserver and dagster-daemon in the foreground until Ctrl-C or SIGTERM."""
+def stack(host: str, port: int, with_demo: bool, workers: int | None, concurrency: int) -> None:
+    """Run dagster-webserver, dagster-daemon and N workers in the foreground until Ctrl-C/SIGTERM."""
     from etl_pipelines.framework.instance import ensure_dagster_home
     from etl_pipelines.stack import run_stack
 
     home = ensure_dagster_home()
-    Settings.from_env()  # a bad setting fails here, before anything starts
+    settings = Settings.from_env()  # a bad setting fails here, before anything starts
+    if workers is None:
+        workers = 1 if settings.redis_url else 0
+    if workers:
+        settings.require_redis()
 
     def on_ready() -> None:
         from etl_pipelines.demo import dispatch_demo
@@ -252,7 +287,11 @@ def stack(host: str, port: int, with_demo: bool) -> None:
             for item in dispatch_demo():
                 click.echo(f"queued {item['job_type']} on {item['queue']}: {item['id']}")
 
-    sys.exit(run_stack(home, host, port, on_ready=on_ready, echo=click.echo))
+    sys.exit(
+        run_stack(
+            home, host, port, workers=workers, concurrency=concurrency, on_ready=on_ready, echo=click.echo
+        )
+    )
 
 
 def main() -> None:

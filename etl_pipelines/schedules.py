@@ -95,7 +95,8 @@ def build_schedules(jobs: dict[str, dg.JobDefinition]) -> list[dg.ScheduleDefini
             "archive_old_rows",
             "0 4 * * *",
             {"table": "auth.users", "older_than_days": 365, "timestamp_column": "created_at"},
-            "Every day at 04:00: move auth.users rows older than a year to auth.users_archive.",
-            default_status=dg.DefaultScheduleStatus.RUNNING,
+            "Every day at 04:00: move auth.users rows older than a year to auth.users_archive "
+            "(it deletes rows: off until switched on).",
+            default_status=dg.DefaultScheduleStatus.STOPPED,
         ),
     ]

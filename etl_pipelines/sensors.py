@@ -2,6 +2,7 @@
 
 import json
 import urllib.request
+from datetime import timedelta
 from typing import Any
 
 import dagster as dg
@@ -13,16 +14,17 @@ from etl_pipelines.framework.tags import job_id_of
 from etl_pipelines.resources import JobStoreResource
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord
+from etl_pipelines.store.models import utcnow
 
 
-def post_alert(url: str, record: JobRecord, run: dg.DagsterRun) -> None:
+def post_alert(url: str, record: JobRecord) -> None:
     """POST a failed job's record to the alert webhook as JSON."""
     body = {
         "event": "job_failed",
         "job_id": record.id,
         "job_type": record.job_type,
         "queue": record.queue,
-        "run_id": run.run_id,
+        "run_id": record.run_id,
         "status": record.status.value,
         "error": record.error,
         "retry_count": record.retry_count,
@@ -37,8 +39,7 @@ def post_alert(url: str, record: JobRecord, run: dg.DagsterRun) -> None:
 
 @dg.run_failure_sensor(
     name="job_failures",
-    description="Records failures that happened outside the op (crash, launch error, timeout) and "
-    "posts every failed job to ETL_ALERT_WEBHOOK_URL when set.",
+    description="Records failures that happened outside the op (crash, launch error, timeout).",
     minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
     monitor_all_code_locations=False,
@@ -54,11 +55,32 @@ def job_failures(context: dg.RunFailureSensorContext, job_store: JobStoreResourc
     if not record.status.is_final:
         message = context.failure_event.message or "run failed"
         context.log.info(f"job {record.id}: run {run.run_id} failed outside its op: {message}")
-        record = store.mark_failed(record.id, error=f"RunFailure: {message}", traceback=None)
+        store.mark_failed(record.id, error=f"RunFailure: {message}", traceback=None)
+
+
+@dg.sensor(
+    name="failure_alerts",
+    description="POSTs every failed job (last 24 h) to ETL_ALERT_WEBHOOK_URL once delivered; "
+    "an unreachable webhook is tried again at the next tick.",
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def failure_alerts(context: dg.SensorEvaluationContext, job_store: JobStoreResource) -> dg.SkipReason:
     url = Settings.from_env().alert_webhook_url
-    if url:
-        # An unreachable webhook fails the tick, visibly in the UI; the cursor does not move on.
-        post_alert(url, record, run)
+    if not url:
+        return dg.SkipReason("ETL_ALERT_WEBHOOK_URL is not set")
+    store = job_store.store()
+    sent = 0
+    # The job table, not the sensor cursor, remembers what was delivered: a failed POST is retried.
+    for record in store.unalerted_failures(since=utcnow() - timedelta(hours=24)):
+        try:
+            post_alert(url, record)
+        except OSError as exc:
+            context.log.warning(f"alert webhook unreachable ({exc}); will try again next tick")
+            break
+        store.mark_alerted(record.id)
+        sent += 1
+    return dg.SkipReason(f"sent {sent} alert(s)")
 
 
 @dg.run_status_sensor(
@@ -109,4 +131,4 @@ def build_sensors(jobs: dict[str, dg.JobDefinition]) -> list[dg.SensorDefinition
         request = aggregation_request(context.dagster_run)
         return request or dg.SkipReason("the import asked for no aggregation")
 
-    return [job_failures, job_cancellations, aggregate_after_import]
+    return [job_failures, failure_alerts, job_cancellations, aggregate_after_import]

@@ -50,6 +50,8 @@ class Settings:
     job_timeout: float
     alert_webhook_url: str | None
     import_dir: Path
+    redis_url: str | None
+    redis_key_prefix: str
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -69,7 +71,15 @@ class Settings:
             job_timeout=_seconds("ETL_JOB_TIMEOUT", env.get("ETL_JOB_TIMEOUT"), DEFAULT_JOB_TIMEOUT),
             alert_webhook_url=env.get("ETL_ALERT_WEBHOOK_URL") or None,
             import_dir=Path(env.get("ETL_IMPORT_DIR") or dagster_home() / "imports").absolute(),
+            redis_url=env.get("ETL_REDIS_URL") or None,
+            redis_key_prefix=env.get("ETL_REDIS_KEY_PREFIX", ""),
         )
+
+    def require_redis(self) -> str:
+        """ETL_REDIS_URL, which the Celery launcher and workers cannot do without."""
+        if not self.redis_url:
+            raise SettingsError("ETL_REDIS_URL is not set: Celery workers need a Redis broker")
+        return self.redis_url
 
     def named_database_url(self, name: str) -> str:
         """URL of a named database (ETL_DATABASE_URL_<NAME>), e.g. the source of a sync or import."""
@@ -87,6 +97,6 @@ def _seconds(name: str, value: str | None, default: float) -> float:
         seconds = float(value)
     except ValueError:
         raise SettingsError(f"{name} must be a number of seconds; got {value!r}") from None
-    if seconds <= 0:
-        raise SettingsError(f"{name} must be positive; got {value!r}")
+    if seconds < 0:
+        raise SettingsError(f"{name} must not be negative (0: no limit); got {value!r}")
     return seconds

@@ -1,4 +1,4 @@
-"""Run dagster-webserver and dagster-daemon in the foreground; stop every process on Ctrl-C/SIGTERM."""
+"""Run dagster-webserver, dagster-daemon and workers in the foreground; Ctrl-C/SIGTERM stops them all."""
 
 import contextlib
 import os
@@ -92,6 +92,8 @@ def run_stack(
     home: Path,
     host: str,
     port: int,
+    workers: int,
+    concurrency: int,
     on_ready: Callable[[], None] | None,
     echo: Callable[[str], None],
 ) -> int:
@@ -118,9 +120,12 @@ def run_stack(
         groups.append(
             ProcessGroup("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", str(workspace)], env)
         )
+        for number in range(1, workers + 1):
+            argv = [_bin("etl-jobs"), "worker", "--concurrency", str(concurrency), "--name", f"w{number}@%h"]
+            groups.append(ProcessGroup(f"worker {number}", argv, env))
         url = f"http://{host}:{port}"
         wait_for_http(f"{url}/server_info", 120, lambda: all(g.alive() for g in groups) and not stopping)
-        echo(f"Dagster UI: {url}  (DAGSTER_HOME={home}; Ctrl-C stops everything)")
+        echo(f"Dagster UI: {url}  ({workers} worker(s); DAGSTER_HOME={home}; Ctrl-C stops everything)")
         if on_ready is not None:
             on_ready()
         while not stopping:

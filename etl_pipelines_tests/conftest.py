@@ -131,10 +131,47 @@ def sqlite_deployment(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> Iterator
         deployment.stop_all()
 
 
+REDIS_URL = os.environ.get("ETL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """Redis for Celery; the tests fail loudly when it is down."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.fail(f"Redis is required at {REDIS_URL} and is not reachable: {exc}")
+    return REDIS_URL
+
+
 @pytest.fixture
-def pg_deployment(clean_env: pytest.MonkeyPatch, tmp_path: Path, pg_url: str) -> Iterator[Deployment]:
-    """The repository's production dagster.yaml on this module's PostgreSQL database."""
-    deployment = make_deployment(clean_env, tmp_path / "dagster_home", pg_url, instance_yaml(PRODUCTION_YAML))
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own: its Celery queues and results, deleted afterwards."""
+    import redis
+
+    prefix = f"etl-test-{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def pg_deployment(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, pg_url: str, redis_url: str, redis_prefix: str
+) -> Iterator[Deployment]:
+    """The repository's production dagster.yaml: PostgreSQL storage, Celery over Redis workers."""
+    deployment = make_deployment(
+        clean_env,
+        tmp_path / "dagster_home",
+        pg_url,
+        instance_yaml(PRODUCTION_YAML),
+        ETL_REDIS_URL=redis_url,
+        ETL_REDIS_KEY_PREFIX=redis_prefix,
+    )
     try:
         yield deployment
     finally:

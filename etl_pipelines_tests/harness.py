@@ -110,11 +110,34 @@ class Deployment:
         self.groups.append(group)
         return group
 
+    @property
+    def celery(self) -> bool:
+        """Whether runs go through Celery workers (the production dagster.yaml) or a process each."""
+        return "EtlCeleryRunLauncher" in (self.home / "dagster.yaml").read_text()
+
     @contextlib.contextmanager
-    def daemon(self) -> Iterator[Group]:
-        """dagster-daemon, as users start it, for the duration of the block."""
+    def daemon(self, workers: int = 1, concurrency: int = 2) -> Iterator[Group]:
+        """dagster-daemon (plus Celery workers when the instance uses them) for the block."""
         group = self.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")])
+        with contextlib.ExitStack() as stack:
+            try:
+                for _ in range(workers if self.celery else 0):
+                    stack.enter_context(self.worker(concurrency=concurrency))
+                yield group
+            finally:
+                group.stop()
+
+    @contextlib.contextmanager
+    def worker(self, concurrency: int = 1, queues: str | None = None) -> Iterator[Group]:
+        """An `etl-jobs worker`, as users start it, for the duration of the block."""
+        number = sum(g.name == "worker" for g in self.groups) + 1
+        argv = [str(BIN / "etl-jobs"), "worker", "--concurrency", str(concurrency), "--name", f"w{number}@%h"]
+        if queues:
+            argv += ["--queues", queues]
+        group = self.start("worker", argv)
         try:
+            poll(lambda: "ready." in group.output() or group.process.poll() is not None, 60, 0.2, "worker")
+            assert group.process.poll() is None, group.output()
             yield group
         finally:
             group.stop()

@@ -97,7 +97,7 @@ def test_workspace_files_agree() -> None:
 
 
 def test_sensors_are_on_by_default() -> None:
-    names = ("job_failures", "job_cancellations", "aggregate_after_import")
+    names = ("job_failures", "failure_alerts", "job_cancellations", "aggregate_after_import")
     assert all(defs.resolve_sensor_def(n).default_status == dg.DefaultSensorStatus.RUNNING for n in names)
 
 

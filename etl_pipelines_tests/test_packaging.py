@@ -1,6 +1,7 @@
 """What the Docker image and a plain `pip install .` get: package data, and a compose file that agrees."""
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,18 +13,13 @@ from etl_pipelines_tests.harness import REPO
 
 
 def test_wheel_carries_the_package_data(tmp_path: Path) -> None:
+    # Build from a copy: setuptools writes build/ beside the sources it builds.
+    source = tmp_path / "src"
+    shutil.copytree(
+        REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__")
+    )
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(REPO),
-        ],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
@@ -46,12 +42,14 @@ def test_compose_agrees_with_the_image_and_the_instance() -> None:
     assert f"COPY dagster.yaml {home}/dagster.yaml" in dockerfile
     assert instance["storage"]["postgres"]["postgres_url"] == {"env": "ETL_DATABASE_URL"}
     services = compose["services"]
-    for name in ("webserver", "daemon"):
+    for name in ("webserver", "daemon", "worker"):
         service = services[name]
         assert service["environment"]["DAGSTER_HOME"] == home
         assert service["environment"]["ETL_DATABASE_URL"].startswith("postgresql+psycopg2://")
-        assert "workspace.yaml" in service["command"]
+        assert "workspace.yaml" in service["command"] or service["command"][:2] == ["etl-jobs", "worker"]
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert service["environment"]["ETL_REDIS_URL"] == "redis://redis:6379/0"
         assert f"dagster-storage:{home}/storage" in service["volumes"]
         assert "healthcheck" in service
     url = services["daemon"]["environment"]["ETL_DATABASE_URL"]
@@ -60,3 +58,11 @@ def test_compose_agrees_with_the_image_and_the_instance() -> None:
         f"postgresql+psycopg2://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}"
         f"@postgres:5432/{postgres['POSTGRES_DB']}"
     )
+
+
+def test_compose_worker_healthcheck_pings_the_worker_by_name() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    worker = compose["services"]["worker"]
+    name = worker["command"][worker["command"].index("--name") + 1]
+    assert name == "worker@%h" and "'worker@' + socket.gethostname()" in worker["healthcheck"]["test"][-1]
+    assert "scale" not in worker and "container_name" not in worker  # scales with --scale worker=N

@@ -129,7 +129,7 @@ def test_archive_killed_midway_loses_and_duplicates_nothing(pg_deployment: Deplo
 class Webhook:
     """A local HTTP server that records every JSON body POSTed to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.bodies: list[dict] = []
         bodies = self.bodies
 
@@ -142,7 +142,7 @@ class Webhook:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.server = HTTPServer(("127.0.0.1", self.port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -196,10 +196,10 @@ def test_failure_webhook_once_per_failed_job_and_import_chains_an_aggregation(
         poll(lambda: len(webhook.bodies) >= 2, 90, 0.2, f"two alerts\n{daemon.output()[-2000:]}")
         chained = poll(lambda: store.list(job_type="data_aggregation"), 90, 0.5, "the chained aggregation")
         wait_all(store, [chained[0].id])
-        # Let the failure sensor tick twice more: a duplicate alert would show up by then.
-        ticks = daemon.output().count("Checking for new runs for sensor: job_failures")
+        # Let the alert sensor tick twice more: a duplicate alert would show up by then.
+        ticks = daemon.output().count("Checking for new runs for sensor: failure_alerts")
         poll(
-            lambda: daemon.output().count("Checking for new runs for sensor: job_failures") >= ticks + 2,
+            lambda: daemon.output().count("Checking for new runs for sensor: failure_alerts") >= ticks + 2,
             60,
             0.5,
             "two more sensor ticks",
@@ -215,3 +215,41 @@ def test_failure_webhook_once_per_failed_job_and_import_chains_an_aggregation(
         ("eng", 30.0),
         ("ops", 5.0),
     ]
+
+
+@pytest.mark.e2e
+def test_alert_is_retried_until_the_webhook_answers(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, pg_url: str
+) -> None:
+    """A webhook that is down loses no alert: the job table remembers what was delivered."""
+    import dagster as dg
+
+    from etl_pipelines.definitions import defs
+
+    clean_env.setenv("DAGSTER_HOME", str(tmp_path))
+    clean_env.setenv("ETL_DATABASE_URL", pg_url)
+    store = JobStore(pg_url)
+    job_id = f"alert-{os.getpid()}-{tmp_path.name}"[:36]
+    store.create(id=job_id, job_type="failed_job", job_class="x", queue="default", payload={}, max_retries=0)
+    store.mark_failed(job_id, error="FailedJobError: x", traceback=None)
+    sensor = defs.resolve_sensor_def("failure_alerts")
+    port = free_port()
+    clean_env.setenv("ETL_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{port}/alerts")
+
+    def tick() -> None:
+        with dg.instance_for_test() as instance:
+            context = dg.build_sensor_context(
+                instance=instance, resources={"job_store": defs.resources["job_store"]}
+            )
+            sensor(context)
+
+    tick()  # nobody listens on the port
+    assert store.require(job_id).alerted_at is None
+    hook = Webhook(port=port)
+    try:
+        tick()
+        tick()
+    finally:
+        hook.close()
+    assert [b["job_id"] for b in hook.bodies] == [job_id]
+    assert store.require(job_id).alerted_at is not None

@@ -13,16 +13,49 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
+from dagster._cli.api import _execute_run_command_body
 from dagster._core.definitions.selector import JobSubsetSelector
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.remote_representation.external import RemoteJob
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 from etl_pipelines.settings import LOCATION_NAME
 
 DEFINITIONS_MODULE = "etl_pipelines.definitions"
+
+# Re-exported for the Celery run launcher, which must subclass Dagster's launcher interface.
+__all__ = [
+    "CheckRunHealthResult",
+    "ConfigurableClass",
+    "ConfigurableClassData",
+    "LaunchRunContext",
+    "RunLauncher",
+    "RunSubmitter",
+    "WorkerStatus",
+    "execute_run_here",
+    "pool_storage_connections",
+    "run_submitter",
+]
+
+
+def pool_storage_connections(instance: dg.DagsterInstance) -> None:
+    """Pool the storage's database connections, as dagster-webserver does for itself.
+
+    dagster-postgres opens a new connection per query by default (NullPool): ~15 per dispatch.
+    """
+    instance.optimize_for_webserver(statement_timeout=15_000, pool_recycle=3600, max_overflow=5)
+
+
+def execute_run_here(instance: dg.DagsterInstance, run_id: str) -> int:
+    """Execute a launched (STARTING) run in this process, as `dagster api execute_run` does."""
+    return _execute_run_command_body(
+        run_id=run_id, instance=instance, write_stream_fn=lambda _event: None, set_exit_code_on_failure=True
+    )
 
 
 class RunSubmitter:
@@ -38,10 +71,13 @@ class RunSubmitter:
             ),
             location_name=LOCATION_NAME,
         )
-        self._process_context = WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin))
-        self._workspace = self._process_context.create_request_context()
-        self._code_location = self._workspace.get_code_location(LOCATION_NAME)
-        (self._repository,) = self._code_location.get_repositories().values()
+        # Loading definitions reads "the current" defs-state storage from a context variable that
+        # `with instance:` blocks set and reset; name ours rather than inherit a stale one.
+        with set_defs_state_storage(instance.defs_state_storage):
+            self._process_context = WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin))
+            self._workspace = self._process_context.create_request_context()
+            self._code_location = self._workspace.get_code_location(LOCATION_NAME)
+            (self._repository,) = self._code_location.get_repositories().values()
         self._jobs: dict[str, RemoteJob] = {}
         self._lock = threading.Lock()
 

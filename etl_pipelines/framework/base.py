@@ -70,8 +70,11 @@ class BaseJob(dg.Config):
     retry_delays: ClassVar[tuple[float, ...] | None] = None
     # Destructive job types only touch tables in ETL_ALLOWED_SCHEMAS.
     destructive: ClassVar[bool] = False
-    # Seconds an attempt's statements may run; None means ETL_JOB_TIMEOUT (default 300).
+    # Seconds a statement may run; None means ETL_JOB_TIMEOUT (default 300), 0 means no limit.
     timeout_seconds: ClassVar[float | None] = None
+    # Seconds a whole attempt may run (the run's dagster/max_runtime is built from it); None means
+    # the statement timeout, for jobs that run one long statement.
+    attempt_seconds: ClassVar[float | None] = None
 
     def handle(self, ctx: JobContext) -> Any:
         """Do the work; return a JSON-serialisable result."""
@@ -91,8 +94,15 @@ class BaseJob(dg.Config):
 
     @classmethod
     def timeout(cls, settings: Settings) -> float:
-        """Seconds a statement of this job may run (the class's, else ETL_JOB_TIMEOUT)."""
-        return float(cls.timeout_seconds) if cls.timeout_seconds else settings.job_timeout
+        """Seconds a statement of this job may run (the class's, else ETL_JOB_TIMEOUT); 0: no limit."""
+        return settings.job_timeout if cls.timeout_seconds is None else float(cls.timeout_seconds)
+
+    @classmethod
+    def attempt_limit(cls, settings: Settings) -> float | None:
+        """Seconds one attempt may take in all, or None for no limit."""
+        if cls.attempt_seconds is not None:
+            return float(cls.attempt_seconds) or None
+        return cls.timeout(settings) or None
 
     @classmethod
     def job_type(cls) -> str:

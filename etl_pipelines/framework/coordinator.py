@@ -37,7 +37,13 @@ def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.Dagster
     job_id = job_id_of(run)
     store = JobStore(settings.database_url)
     payload = run.run_config.get("ops", {}).get(op_name(job_cls), {}).get("config", {})
-    record = store.ensure(
+    existing = store.get(job_id)
+    if existing is not None and existing.job_type != job_cls.job_type():
+        # An etl/job_id tag naming another type's job: never let a run take over its record.
+        message = f"run tag etl/job_id={job_id} names a {existing.job_type} job, not {job_cls.job_type()}"
+        instance.report_run_failed(run, message=message)
+        return instance.get_run_by_id(run.run_id) or run
+    record = existing or store.ensure(
         id=job_id,
         job_type=job_cls.job_type(),
         job_class=job_cls.job_class(),
@@ -63,5 +69,5 @@ def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.Dagster
         instance.add_run_tags(run.run_id, missing)
         run = instance.get_run_by_id(run.run_id) or run
     if run.run_id not in record.run_ids or record.status != JobStatus.QUEUED:
-        store.mark_queued(job_id, run.run_id)
+        store.mark_queued(job_id, run.run_id, payload=payload)
     return run

@@ -5,6 +5,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import dagster as dg
+
 from etl_pipelines.framework.base import BaseJob
 from etl_pipelines.framework.queues import check_queue
 from etl_pipelines.framework.registry import get_job_type
@@ -78,7 +80,10 @@ def dispatch(job_type: str | type[BaseJob], *, queue: str | None = None, **param
     try:
         submitter.submit(job_cls.job_type(), run_config, tags, run_id=job_id)
     except BaseException:
-        # Never queued: leave no record claiming it was.
+        # Never queued: leave no record claiming it was, and no half-made run.
         store.delete(job_id)
+        run = instance.get_run_by_id(job_id)
+        if run is not None and run.status == dg.DagsterRunStatus.NOT_STARTED:
+            instance.delete_run(job_id)
         raise
     return JobHandle(id=job_id, job_type=job_cls.job_type(), queue=queue, database_url=settings.database_url)

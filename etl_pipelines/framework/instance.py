@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from etl_pipelines.framework._dagster_internal import pool_storage_connections
 from etl_pipelines.settings import dagster_home
 
 _instances: dict[tuple[int, Path], dg.DagsterInstance] = {}
@@ -34,8 +35,6 @@ def get_instance() -> dg.DagsterInstance:
         instance = _instances.get(key)
         if instance is None:
             instance = dg.DagsterInstance.from_config(str(home))
-            # dagster-postgres opens a new connection per query by default (NullPool); a
-            # long-lived dispatching process keeps a small pool instead, as the webserver does.
-            instance.optimize_for_webserver(statement_timeout=15_000, pool_recycle=3600, max_overflow=5)
+            pool_storage_connections(instance)
             _instances[key] = instance
         return instance

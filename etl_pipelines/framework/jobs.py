@@ -1,6 +1,7 @@
 """Turning a BaseJob subclass into a one-op Dagster job, and what that op does when it runs."""
 
 import json
+import math
 import traceback
 from datetime import timedelta
 from typing import Any
@@ -89,13 +90,13 @@ def run_job(
     try:
         job.validate_input(settings)
         try:
-            result = to_json(job.handle(ctx))
-        except sa.exc.OperationalError as exc:
-            if "statement timeout" not in str(exc.orig):
-                raise
-            raise JobTimeoutError(
-                f"a statement ran past the job's timeout of {ctx.timeout:g} s and was cancelled"
-            ) from exc
+            output = job.handle(ctx)
+        except sa.exc.DBAPIError as exc:
+            raise classify_database_error(exc, ctx.timeout) from exc
+        try:
+            result = to_json(output)
+        except (TypeError, ValueError) as exc:
+            raise JobResultError(f"the job's result cannot be stored as JSON: {exc}") from exc
     except NonRetryableError as exc:
         # Bad parameters or a failed check do not get better by waiting: fail at once.
         store.mark_failed(job_id, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
@@ -124,16 +125,50 @@ def run_job(
     return result
 
 
+class JobResultError(NonRetryableError):
+    """handle() returned something the job table cannot hold; running it again would not help."""
+
+
+class DatabaseInputError(NonRetryableError):
+    """PostgreSQL rejected the job's statements for good (bad data, a violated constraint,
+    an unknown table or column): waiting will not change the answer."""
+
+
+# SQLSTATE classes that no retry can fix: 22 data exception, 23 integrity constraint violation,
+# 42 syntax error or access rule violation (undefined table/column, insufficient privilege).
+_PERMANENT_SQLSTATE_CLASSES = ("22", "23", "42")
+
+
+def classify_database_error(exc: sa.exc.DBAPIError, timeout: float) -> Exception:
+    """The error to record for a database failure: a timeout, a permanent error, or `exc` itself."""
+    code = getattr(exc.orig, "pgcode", None) or ""
+    if code == "57014" and "statement timeout" in str(exc.orig):
+        return JobTimeoutError(f"a statement ran past the job's timeout of {timeout:g} s and was cancelled")
+    if code[:2] in _PERMANENT_SQLSTATE_CLASSES:
+        return DatabaseInputError(f"{type(exc.orig).__name__}: {str(exc.orig).strip()}")
+    return exc
+
+
 def to_json(value: Any) -> Any:
-    """`value` as plain JSON data (a TypeError names what cannot be stored)."""
-    return json.loads(json.dumps(value, default=_json_default))
+    """`value` as strict JSON data: NaN and infinities become null, unknown types are an error."""
+    return json.loads(json.dumps(_finite(value), default=_json_default, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     if hasattr(value, "item"):  # numpy scalars from pandas
-        return value.item()
+        return _finite(value.item())
     raise TypeError(f"job result is not JSON-serialisable: {type(value).__name__}")
 
 

@@ -7,6 +7,9 @@ import pkgutil
 
 from etl_pipelines.framework.base import BaseJob
 
+# dispatch()'s own keyword, and BaseJob's attributes, cannot be parameter names.
+RESERVED_NAMES = {"queue"} | {name for name in dir(BaseJob) if not name.startswith("_")}
+
 
 class UnknownJobTypeError(LookupError):
     """No job type by that name."""
@@ -36,6 +39,9 @@ def job_types() -> dict[str, type[BaseJob]]:
                 f"{job_cls.__name__} is named {job_cls.job_type()!r} but lives in "
                 f"{module_info.name}.py; the module must be named after the job type"
             )
+        clashes = sorted(set(job_cls.model_fields) & RESERVED_NAMES)
+        if clashes:
+            raise TypeError(f"{job_cls.__name__}: parameter name(s) {', '.join(clashes)} are reserved")
         found[job_cls.job_type()] = job_cls
     return dict(sorted(found.items()))
 

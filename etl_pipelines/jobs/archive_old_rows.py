@@ -15,6 +15,8 @@ class ArchiveOldRows(BaseJob):
 
     queue: ClassVar[str] = "low"
     destructive: ClassVar[bool] = True
+    # Many statements, each under the statement timeout; the attempt as a whole may take hours.
+    attempt_seconds: ClassVar[float | None] = 6 * 3600
 
     table: str = Field(description="schema.table to archive from; schema in ETL_ALLOWED_SCHEMAS.")
     archive_table: str | None = Field(

@@ -56,6 +56,8 @@ class DataImport(BaseJob):
 
     queue: ClassVar[str] = "medium"
     destructive: ClassVar[bool] = True
+    # Many statements, each under the statement timeout; the attempt as a whole may take hours.
+    attempt_seconds: ClassVar[float | None] = 6 * 3600
 
     source_csv: str | None = Field(
         default=None, description="CSV file (with a header row), relative to ETL_IMPORT_DIR."

@@ -5,8 +5,11 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from etl_pipelines.framework import BaseJob, JobContext
+from etl_pipelines.framework.identifiers import TableName
+from etl_pipelines.settings import Settings
 
 SQL_FILE = "populate_records.sql"
+TABLE = "auth.users"  # what the SQL file creates and fills
 
 
 def sql_statements(text: str) -> list[str]:
@@ -19,11 +22,15 @@ class PopulateRecords(BaseJob):
     """Create auth.users and fill it with sample users (runs jobs/sql/populate_records.sql)."""
 
     queue: ClassVar[str] = "high"
+    destructive: ClassVar[bool] = True  # it empties auth.users before filling it
 
     rows: int = Field(default=1000, ge=1, le=10_000_000, description="How many users to insert.")
 
     def target(self) -> str:
-        return "auth.users"
+        return TABLE
+
+    def validate_input(self, settings: Settings) -> None:
+        TableName.parse(TABLE).check_schema(settings.allowed_schemas)
 
     def handle(self, ctx: JobContext) -> dict[str, int]:
         text = resources.files("etl_pipelines.jobs").joinpath("sql", SQL_FILE).read_text()

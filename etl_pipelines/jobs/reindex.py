@@ -9,9 +9,12 @@ from etl_pipelines.settings import Settings
 
 
 class Reindex(BaseJob):
-    """Rebuild every index of a table (REINDEX TABLE)."""
+    """Rebuild every index of a table (REINDEX TABLE CONCURRENTLY on PostgreSQL)."""
 
     queue: ClassVar[str] = "low"
+    # Maintenance of a large table legitimately runs for hours: no statement limit, 6 h per attempt.
+    timeout_seconds: ClassVar[float | None] = 0
+    attempt_seconds: ClassVar[float | None] = 6 * 3600
 
     table: str = Field(description="Table or schema.table whose indexes are rebuilt.")
 
@@ -22,6 +25,7 @@ class Reindex(BaseJob):
         table = TableName.parse(self.table)
         with ctx.autocommit() as connection:
             indexes = [i["name"] for i in sa.inspect(connection).get_indexes(table.name, schema=table.schema)]
-            keyword = "REINDEX TABLE" if connection.dialect.name == "postgresql" else "REINDEX"
+            # CONCURRENTLY keeps the table readable and writable while its indexes are rebuilt.
+            keyword = "REINDEX TABLE CONCURRENTLY" if connection.dialect.name == "postgresql" else "REINDEX"
             connection.execute(sa.text(f"{keyword} {table.quoted(connection.dialect)}"))
         return {"table": str(table), "indexes": sorted(filter(None, indexes))}

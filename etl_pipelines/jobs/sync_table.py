@@ -23,6 +23,8 @@ class SyncTable(BaseJob):
 
     queue: ClassVar[str] = "low"
     destructive: ClassVar[bool] = True
+    # Many statements, each under the statement timeout; the attempt as a whole may take hours.
+    attempt_seconds: ClassVar[float | None] = 6 * 3600
 
     source_database: str = Field(description="Named database to copy from (ETL_DATABASE_URL_<NAME>).")
     source_table: str = Field(description="Table or schema.table in the source database.")
@@ -75,7 +77,7 @@ class SyncTable(BaseJob):
             query = query.where(source.c[self.updated_at_column] >= watermark)
         inserted = updated = 0
         with ctx.connect(source_url) as source_connection:
-            result = source_connection.execution_options(yield_per=self.batch_size).execute(query)
+            result = source_connection.execute(query.execution_options(yield_per=self.batch_size))
             for batch in result.mappings().partitions(self.batch_size):
                 rows = [dict(row) for row in batch]
                 with ctx.begin() as connection:

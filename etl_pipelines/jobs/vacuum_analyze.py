@@ -12,6 +12,9 @@ class VacuumAnalyze(BaseJob):
     """VACUUM and/or ANALYZE a table or the whole database (outside a transaction, as PostgreSQL needs)."""
 
     queue: ClassVar[str] = "low"
+    # Maintenance of a large table legitimately runs for hours: no statement limit, 6 h per attempt.
+    timeout_seconds: ClassVar[float | None] = 0
+    attempt_seconds: ClassVar[float | None] = 6 * 3600
 
     table: str | None = Field(default=None, description="Table or schema.table; empty: every table.")
     vacuum: bool = Field(default=True, description="Reclaim dead rows (VACUUM).")

@@ -88,8 +88,21 @@ class TargetDatabase(dg.ConfigurableResource):
                 )
                 if not autocommit:
                     connection.commit()
-            if transaction:
-                with connection.begin():
+            try:
+                if transaction:
+                    with connection.begin():
+                        yield connection
+                else:
                     yield connection
-            else:
-                yield connection
+            finally:
+                # The pool hands this connection to the next job next: leave no limit behind.
+                if (
+                    connection.dialect.name == "postgresql"
+                    and statement_timeout
+                    and not connection.invalidated
+                ):
+                    if connection.in_transaction():
+                        connection.rollback()
+                    connection.execute(sa.text("RESET statement_timeout"))
+                    if not autocommit:
+                        connection.commit()

@@ -121,7 +121,7 @@ class JobStore:
             record.updated_at = utcnow()
         return record
 
-    def mark_queued(self, job_id: str, run_id: str) -> JobRecord:
+    def mark_queued(self, job_id: str, run_id: str, payload: dict[str, Any] | None = None) -> JobRecord:
         """A new run of the job was submitted (a re-execution appends to run_ids)."""
         with self._session() as session, session.begin():
             record = session.get(JobRecord, job_id, with_for_update=True)
@@ -131,7 +131,11 @@ class JobStore:
                 record.run_ids = [*record.run_ids, run_id]
                 record.run_id = run_id
                 record.status = JobStatus.QUEUED
-                record.finished_at = None
+                # A new run starts from a clean slate: the last outcome no longer describes it.
+                record.result = record.error = record.traceback = None
+                record.finished_at = record.next_retry_at = record.alerted_at = None
+                if payload is not None:
+                    record.payload = payload
                 record.updated_at = utcnow()
         return record
 
@@ -187,6 +191,23 @@ class JobStore:
             next_retry_at=None,
             finished_at=utcnow(),
         )
+
+    def unalerted_failures(self, since: datetime, limit: int = 100) -> Sequence[JobRecord]:
+        """Failed jobs, finished after `since`, whose failure alert has not been delivered."""
+        query = (
+            sa.select(JobRecord)
+            .where(JobRecord.status == JobStatus.FAILED)
+            .where(JobRecord.alerted_at.is_(None))
+            .where(JobRecord.finished_at >= since)
+            .order_by(JobRecord.finished_at)
+            .limit(limit)
+        )
+        with self._session() as session:
+            return session.scalars(query).all()
+
+    def mark_alerted(self, job_id: str) -> JobRecord:
+        """The failure alert was delivered."""
+        return self._update(job_id, alerted_at=utcnow())
 
     def mark_cancelled(self, job_id: str) -> JobRecord:
         """The job's run was cancelled before it ended."""

@@ -91,13 +91,12 @@ def test_failed_job_retries_on_schedule_then_fails(deployment: Deployment) -> No
         assert expected - 0.2 <= gap <= expected + 1.0, gaps
 
 
-def test_run_queue_priority(clean_env: pytest.MonkeyPatch, tmp_path, pg_url: str) -> None:
+def test_run_queue_priority(pg_deployment: Deployment) -> None:
     """Daemon down: dispatch low/medium/high interleaved; one run at a time: high, then medium, then low."""
-    from etl_pipelines_tests.conftest import PRODUCTION_YAML, make_deployment
+    from etl_pipelines_tests.conftest import PRODUCTION_YAML
 
-    deployment = make_deployment(
-        clean_env, tmp_path / "home", pg_url, instance_yaml(PRODUCTION_YAML, max_concurrent_runs=1)
-    )
+    deployment = pg_deployment
+    (deployment.home / "dagster.yaml").write_text(instance_yaml(PRODUCTION_YAML, max_concurrent_runs=1))
     handles = []
     for _ in range(3):
         for queue in ("low", "medium", "high"):

@@ -1,0 +1,163 @@
+"""Celery over Redis: the priority queues that warm workers take whole Dagster runs from.
+
+Dagster's run queue (QueuedRunCoordinator) keeps the backlog, sorted by priority and limited per
+target table; it lets at most `max_concurrent_runs` runs (the worker slots) into Celery. The run
+launcher below sends each run to the Celery queue named by its etl/queue tag; a worker consumes
+its queues strictly in priority order (kombu's `queue_order_strategy: priority`, no prefetch) and
+executes the run in its own process with a pooled Dagster instance, instead of spawning a process
+per run.
+"""
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dagster as dg
+from celery import Celery
+
+from etl_pipelines.framework._dagster_internal import (
+    CheckRunHealthResult,
+    ConfigurableClass,
+    ConfigurableClassData,
+    LaunchRunContext,
+    RunLauncher,
+    WorkerStatus,
+    execute_run_here,
+)
+from etl_pipelines.framework.queues import QUEUE_TAG
+from etl_pipelines.settings import Settings
+
+EXECUTE_RUN_TASK = "etl_pipelines.execute_run"
+logger = logging.getLogger(__name__)
+
+
+def make_celery(settings: Settings) -> Celery:
+    """The Celery app for ETL_REDIS_URL: strict queue order, acknowledged after the run."""
+    url = settings.require_redis()
+    app = Celery("etl_pipelines", broker=url, backend=url, set_as_current=False)
+    transport: dict[str, Any] = {
+        # Pop the worker's queues in the order given (high first), never round-robin.
+        "queue_order_strategy": "priority",
+        # A message unacknowledged this long is redelivered: longer than any run may last.
+        "visibility_timeout": 6 * 3600,
+    }
+    if settings.redis_key_prefix:
+        transport["global_keyprefix"] = settings.redis_key_prefix
+    app.conf.update(
+        broker_transport_options=transport,
+        result_backend_transport_options=dict(transport),
+        broker_connection_retry_on_startup=True,
+        task_acks_late=True,
+        task_track_started=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        # Dagster logs to stderr itself; Celery re-logging it as WARNING only doubles the noise.
+        worker_redirect_stdouts=False,
+        result_expires=7 * 24 * 3600,
+        task_default_queue=settings.queues[-1],
+    )
+    app.task(name=EXECUTE_RUN_TASK, bind=True)(execute_run)
+    return app
+
+
+def execute_run(task: Any, run_id: str) -> str:
+    """Celery task: execute a launched run here, once (a redelivered message finds it started)."""
+    from etl_pipelines.framework.instance import get_instance
+
+    instance = get_instance()
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        logger.warning("run %s does not exist; dropping its task", run_id)
+        return "missing"
+    if run.status != dg.DagsterRunStatus.STARTING:
+        logger.info("run %s is %s, not STARTING; not executing it again", run_id, run.status.value)
+        return f"skipped: {run.status.value}"
+    code = execute_run_here(instance, run_id)
+    return "failure" if code else "success"
+
+
+class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
+    """Sends each run to the Celery queue of its etl/queue tag; workers execute it warm."""
+
+    def __init__(self, inst_data: ConfigurableClassData | None = None):
+        self._inst_data = inst_data
+        self._app: Celery | None = None
+        self._app_pid: int | None = None
+        super().__init__()
+
+    @property
+    def app(self) -> Celery:
+        # Created on first use and again after a fork: the daemon and webserver fork workers.
+        if self._app is None or self._app_pid != os.getpid():
+            self._app = make_celery(Settings.from_env())
+            self._app_pid = os.getpid()
+        return self._app
+
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
+    ) -> "EtlCeleryRunLauncher":
+        return cls(inst_data=inst_data)
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
+        settings = Settings.from_env()
+        queue = run.tags.get(QUEUE_TAG) or settings.queues[-1]
+        # The task id is the run id, so health checks and revocation need no extra bookkeeping.
+        self.app.send_task(EXECUTE_RUN_TASK, args=[run.run_id], queue=queue, task_id=run.run_id)
+        self._instance.report_engine_event(f"Sent to Celery queue {queue!r}.", run, cls=self.__class__)
+
+    def terminate(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            return False
+        self._instance.report_run_canceling(run)
+        self.app.control.revoke(run_id, terminate=True)
+        self._instance.report_run_canceled(run, message="Revoked the run's Celery task.")
+        return True
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
+        state = self.app.AsyncResult(run.run_id).state
+        if state == "SUCCESS":
+            return CheckRunHealthResult(WorkerStatus.SUCCESS)
+        if state in ("FAILURE", "REVOKED"):
+            return CheckRunHealthResult(WorkerStatus.FAILED, f"Celery task {state}.")
+        if state == "STARTED":
+            return CheckRunHealthResult(WorkerStatus.RUNNING)
+        return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"Celery task state {state}.")
+
+
+def worker_argv(queues: Sequence[str], concurrency: int, name: str | None) -> list[str]:
+    """Celery worker arguments: the queues in priority order, no prefetch (a busy worker holds nothing)."""
+    argv = [
+        "worker",
+        "--queues",
+        ",".join(queues),
+        "--concurrency",
+        str(concurrency),
+        "--prefetch-multiplier",
+        "1",
+        "--disable-prefetch",
+        "--optimization",
+        "fair",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "INFO",
+    ]
+    if name:
+        argv += ["--hostname", name]
+    return argv
