@@ -4,6 +4,7 @@ A test that needs PostgreSQL fails loudly when it is down; it never skips.
 """
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,7 @@ def pg_template() -> Iterator[str]:
         )
         with dg.DagsterInstance.from_config(str(home)) as instance:
             instance.get_runs_count()
+        shutil.rmtree(home)
         JobStore(url).engine.dispose()
         _dispose_all()
         yield url
@@ -67,10 +69,16 @@ def pg_template() -> Iterator[str]:
 
 
 def _dispose_all() -> None:
+    """Close the pooled connections this process holds (job table, targets, Dagster instances)."""
+    from etl_pipelines.framework import instance as instances
+    from etl_pipelines.resources import database
     from etl_pipelines.store import engine as store_engine
 
-    for engine in list(store_engine._engines.values()):
+    for engine in [*store_engine._engines.values(), *database._engines.values()]:
         engine.dispose()
+    for instance in instances._instances.values():
+        instance.dispose()
+    instances._instances.clear()
 
 
 @pytest.fixture(scope="module")

@@ -150,7 +150,9 @@ def test_list_failed_jobs(sqlite_deployment: Deployment, monkeypatch: pytest.Mon
     assert json.loads(sqlite_deployment.cli("list-failed-jobs", "--type", "fibonacci", "--json").stdout) == []
 
 
-def _processes_mentioning(text: str) -> list[str]:
+def _processes_mentioning(home: str) -> list[str]:
+    """Processes started for the deployment in `home`: its DAGSTER_HOME in their environment or
+    command line (code servers and run workers inherit the environment)."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
@@ -158,9 +160,11 @@ def _processes_mentioning(text: str) -> list[str]:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
         except OSError:
             continue
-        if text in cmdline:
+        if home in cmdline or f"DAGSTER_HOME={home}".encode() in environ:
             found.append(f"{pid}: {cmdline[:200]}")
     return found
 

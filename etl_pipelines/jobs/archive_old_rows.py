@@ -5,7 +5,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from pydantic import Field
 
-from etl_pipelines.framework import BaseJob, JobContext
+from etl_pipelines.framework import BaseJob, JobContext, JobInputError
 from etl_pipelines.framework.identifiers import TableName, check_identifier
 from etl_pipelines.settings import Settings
 
@@ -56,16 +56,26 @@ class ArchiveOldRows(BaseJob):
             else:
                 empty_copy = f"CREATE TABLE IF NOT EXISTS {dst} AS SELECT * FROM {src} WHERE 0"  # noqa: S608
                 connection.execute(sa.text(empty_copy))
+            inspector = sa.inspect(connection)
+            source_columns = [c["name"] for c in inspector.get_columns(source.name, schema=source.schema)]
+            archive_columns = {c["name"] for c in inspector.get_columns(archive.name, schema=archive.schema)}
+        missing = [c for c in source_columns if c not in archive_columns]
+        if missing:
+            raise JobInputError(f"{archive} lacks column(s) {', '.join(missing)} of {source}")
+        for column in source_columns:
+            check_identifier(column, "column name")
         preparer = connection.dialect.identifier_preparer
+        # Named columns, not SELECT *: the two tables' column orders may differ.
+        columns = ", ".join(preparer.quote(c) for c in source_columns)
         key, ts = preparer.quote(self.key_column), preparer.quote(self.timestamp_column)
         lock = " FOR UPDATE SKIP LOCKED" if connection.dialect.name == "postgresql" else ""
         # Only validated, dialect-quoted identifiers are placed in these statements.
         select_keys = sa.text(
             f"SELECT {key} FROM {src} WHERE {ts} < :cutoff ORDER BY {key} LIMIT :n{lock}"  # noqa: S608
         )
-        copy = sa.text(f"INSERT INTO {dst} SELECT * FROM {src} WHERE {key} IN :keys").bindparams(  # noqa: S608
-            sa.bindparam("keys", expanding=True)
-        )
+        copy = sa.text(
+            f"INSERT INTO {dst} ({columns}) SELECT {columns} FROM {src} WHERE {key} IN :keys"  # noqa: S608
+        ).bindparams(sa.bindparam("keys", expanding=True))
         delete = sa.text(f"DELETE FROM {src} WHERE {key} IN :keys").bindparams(  # noqa: S608
             sa.bindparam("keys", expanding=True)
         )

@@ -118,8 +118,8 @@ class DataImport(BaseJob):
             raise JobInputError(f"source_csv {self.source_csv!r} is outside ETL_IMPORT_DIR ({base})")
         return path
 
-    def extract(self, ctx: JobContext) -> tuple[pd.DataFrame, int, list[int]]:
-        """(frame of strings, rows read, line numbers of malformed rows)."""
+    def extract(self, ctx: JobContext) -> tuple[pd.DataFrame, int, list[list[str]]]:
+        """(frame of strings, rows read, malformed rows as read)."""
         if self.source_csv is not None:
             return self._read_csv(self.csv_path(ctx.settings))
         try:
@@ -135,14 +135,13 @@ class DataImport(BaseJob):
         frame = frame[list(self.columns)].astype("string").fillna("")
         return frame, len(frame), []
 
-    def _read_csv(self, path: Path) -> tuple[pd.DataFrame, int, list[int]]:
+    def _read_csv(self, path: Path) -> tuple[pd.DataFrame, int, list[list[str]]]:
         if not path.is_file():
             raise JobInputError(f"no such file: {path}")
-        malformed: list[int] = []
-        line_numbers = iter(range(2, 10**12))
+        malformed: list[list[str]] = []
 
         def bad_line(fields: list[str]) -> None:
-            malformed.append(len(fields))
+            malformed.append(fields)  # a row with more fields than the header; dropped
 
         try:
             frame = pd.read_csv(
@@ -155,7 +154,6 @@ class DataImport(BaseJob):
             )
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
             raise JobInputError(f"cannot parse {path.name}: {exc}") from None
-        del line_numbers
         missing = sorted(set(self.columns) - set(frame.columns))
         if missing:
             raise JobInputError(

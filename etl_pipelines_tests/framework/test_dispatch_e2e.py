@@ -44,8 +44,8 @@ def test_fibonacci_runs_to_completion(deployment: Deployment) -> None:
     run = get_instance().get_run_by_id(handle.id)
     assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
     assert run.tags["etl/job_id"] == handle.id and run.tags["dagster/priority"] == "1"
-    # The record passed through started on the way (seen by the poll, or implied by started_at).
-    assert JobStatus.STARTED in statuses or record.started_at is not None
+    # Only the states of a successful first attempt were ever seen.
+    assert statuses <= {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.COMPLETED}
 
 
 def test_failed_job_retries_on_schedule_then_fails(deployment: Deployment) -> None:
