@@ -50,7 +50,6 @@ import contextlib
 import cProfile
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -59,11 +58,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, clean_env, environment_info, percentile
+
 SCRIPT = Path(__file__).resolve()
 EMBEDDED_YAML = REPO / "etl_pipelines" / "embedded_dagster.yaml"
 PRODUCTION_YAML = REPO / "dagster.yaml"
@@ -76,18 +75,6 @@ FIB_N = 10
 # --------------------------------------------------------------------------------------------
 # Statistics
 # --------------------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) of already sorted values, linear interpolation between ranks."""
-    if not sorted_values:
-        return float("nan")
-    if len(sorted_values) == 1:
-        return sorted_values[0]
-    pos = (len(sorted_values) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
 
 
 def summarise(samples_s: Sequence[float], cpu_s: float, wall_s: float) -> dict[str, float]:
@@ -228,15 +215,6 @@ def worker_main(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _clean_env() -> dict[str, str]:
-    """The current environment without DAGSTER_HOME or any ETL_ variable."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if key != "DAGSTER_HOME" and not key.startswith("ETL_")
-    }
-
-
 @contextlib.contextmanager
 def temporary_home(prefix: str, dagster_yaml: Path) -> Iterator[Path]:
     """A fresh DAGSTER_HOME holding a copy of `dagster_yaml` as dagster.yaml; removed after."""
@@ -295,7 +273,7 @@ def _run_worker_process(
 
 def run_config(config: str, args: argparse.Namespace) -> dict[str, Any]:
     """Set up `config`'s deployment, run the setup and measured workers, clean up."""
-    env = _clean_env()
+    env = clean_env()
     with contextlib.ExitStack() as stack:
         if config == "sqlite":
             home = stack.enter_context(temporary_home("etl_bench_sqlite_", EMBEDDED_YAML))
@@ -313,40 +291,6 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, Any]:
         result = _run_worker_process(config, env, args, setup=False)
         result["setup_s"] = setup["setup_s"]
         return result
-
-
-def _git_commit() -> str:
-    """HEAD's short hash, with "+dirty" when the package or dagster.yaml has uncommitted changes."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "etl_pipelines", "dagster.yaml"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return f"{head}+dirty" if dirty else head
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def environment_info() -> dict[str, Any]:
-    from importlib.metadata import version
-
-    return {
-        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpus": os.cpu_count(),
-        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-        "dagster": version("dagster"),
-        "sqlalchemy": version("sqlalchemy"),
-        "commit": _git_commit(),
-    }
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -450,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker_main(args)
 
     configs = [c for c in CONFIGS if not args.only or c in args.only]
-    environment = environment_info()
+    environment = environment_info(("dagster", "sqlalchemy"))
     results = [run_config(config, args) for config in configs]
     environment["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     report = {

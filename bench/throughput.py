@@ -57,7 +57,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -70,12 +69,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, clean_env, environment_info, percentile
+
 SCRIPT = Path(__file__).resolve()
 BIN = Path(sys.executable).parent
 PRODUCTION_YAML = REPO / "dagster.yaml"
@@ -99,18 +98,6 @@ BAR = {
 # --------------------------------------------------------------------------------------------
 # Statistics
 # --------------------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) of already sorted values, linear interpolation between ranks."""
-    if not sorted_values:
-        return float("nan")
-    if len(sorted_values) == 1:
-        return sorted_values[0]
-    pos = (len(sorted_values) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
 
 
 def summarise_ms(values_s: Sequence[float]) -> dict[str, float]:
@@ -405,15 +392,6 @@ def delete_redis_keys(redis_url: str, prefix: str) -> int:
     return len(keys)
 
 
-def _clean_env() -> dict[str, str]:
-    """The current environment without DAGSTER_HOME or any ETL_ variable."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if key != "DAGSTER_HOME" and not key.startswith("ETL_")
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # One configuration
 # --------------------------------------------------------------------------------------------
@@ -537,7 +515,7 @@ def run_config(
         url = stack.enter_context(temporary_database(args.pg_admin_url, db_name, template))
         home = stack.enter_context(temporary_home(f"etl_bench_tp_c{index}_", config.max_runs))
         stack.callback(delete_redis_keys, args.redis_url, prefix)
-        env = _clean_env() | {
+        env = clean_env() | {
             "DAGSTER_HOME": str(home),
             "ETL_DATABASE_URL": url,
             "ETL_REDIS_URL": args.redis_url,
@@ -671,39 +649,6 @@ def run_config(
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
-
-
-def _git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "etl_pipelines", "dagster.yaml"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return f"{head}+dirty" if dirty else head
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def environment_info() -> dict[str, Any]:
-    from importlib.metadata import version
-
-    return {
-        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpus": os.cpu_count(),
-        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-        "dagster": version("dagster"),
-        "celery": version("celery"),
-        "commit": _git_commit(),
-    }
 
 
 def verdicts(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
@@ -905,13 +850,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # SIGTERM behaves like Ctrl-C, so the cleanup below runs.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    environment = environment_info()
+    environment = environment_info(("dagster", "celery"))
     run_tag = uuid.uuid4().hex[:8]
     template = f"etl_bench_{run_tag}_tmpl"
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(temporary_database(args.pg_admin_url, template))
         home = stack.enter_context(temporary_home("etl_bench_tp_dispatch_", 8))
-        env = _clean_env() | {"DAGSTER_HOME": str(home), "ETL_DATABASE_URL": url}
+        env = clean_env() | {"DAGSTER_HOME": str(home), "ETL_DATABASE_URL": url}
         print("schema setup ...", file=sys.stderr)
         run_child("setup", env, args.count)
         print(f"dispatching {args.count} jobs ...", file=sys.stderr)
