@@ -49,7 +49,7 @@ class ProcessGroup:
 
     def gone(self) -> bool:
         """The leader has exited and nothing in its group is left."""
-        return self.process.poll() is not None and not _group_alive(self.process.pid)
+        return self.process.poll() is not None and not group_alive(self.process.pid)
 
 
 def stop_groups(groups: Sequence[ProcessGroup], timeout: float = 10.0) -> None:
@@ -64,7 +64,7 @@ def stop_groups(groups: Sequence[ProcessGroup], timeout: float = 10.0) -> None:
             return
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

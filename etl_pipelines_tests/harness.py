@@ -3,7 +3,6 @@
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from etl_pipelines.stack import group_alive, stop_groups
+from etl_pipelines.store import JobStore
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -42,6 +44,16 @@ def run_finished(run_id: str) -> bool:
     return run is not None and run.is_finished
 
 
+def wait_for_jobs(store: JobStore, ids: list[str], timeout: float = 180) -> None:
+    """Poll until every job's record is final and its Dagster run has finished too."""
+    poll(
+        lambda: all(store.require(i).status.is_final and run_finished(i) for i in ids),
+        timeout,
+        0.3,
+        f"{len(ids)} job(s) to end",
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -63,26 +75,19 @@ class Group:
     process: subprocess.Popen
     log: Path
 
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+    def gone(self) -> bool:
+        return self.process.poll() is not None and not group_alive(self.process.pid)
+
     def stop(self, timeout: float = 10.0) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None and not _group_alive(self.process.pid):
-                    return
-                time.sleep(0.1)
+        """SIGTERM the group, SIGKILL what is left: the same as `etl-jobs stack` does."""
+        stop_groups([self], timeout)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @dataclass

@@ -9,7 +9,14 @@ from etl_pipelines.framework.dispatch import dispatch
 from etl_pipelines.framework.instance import get_instance
 from etl_pipelines.store import JobStatus, JobStore
 from etl_pipelines_tests.conftest import PRODUCTION_YAML
-from etl_pipelines_tests.harness import BIN, Deployment, free_port, instance_yaml, poll, run_finished
+from etl_pipelines_tests.harness import (
+    BIN,
+    Deployment,
+    free_port,
+    instance_yaml,
+    poll,
+    wait_for_jobs,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -22,15 +29,6 @@ def run_status(run_id: str) -> dg.DagsterRunStatus:
     run = get_instance().get_run_by_id(run_id)
     assert run is not None
     return run.status
-
-
-def wait_all(store: JobStore, ids: list[str], timeout: float = 180) -> None:
-    poll(
-        lambda: all(store.require(i).status.is_final and run_finished(i) for i in ids),
-        timeout,
-        0.3,
-        f"{len(ids)} jobs to end",
-    )
 
 
 def test_backlog_in_celery_runs_strictly_by_queue(pg_deployment: Deployment) -> None:
@@ -47,7 +45,7 @@ def test_backlog_in_celery_runs_strictly_by_queue(pg_deployment: Deployment) -> 
             "all runs sent to Celery",
         )
         with pg_deployment.worker(concurrency=1):
-            wait_all(store, [h.id for h in handles])
+            wait_for_jobs(store, [h.id for h in handles])
     records = sorted((store.require(h.id) for h in handles), key=lambda r: r.started_at)
     assert [r.queue for r in records] == ["high"] * 10 + ["medium"] * 10 + ["low"] * 10
     assert {r.status for r in records} == {JobStatus.COMPLETED}
@@ -67,7 +65,7 @@ def test_high_job_goes_next_on_a_busy_worker(pg_deployment: Deployment) -> None:
             "low jobs waiting in Celery",
         )
         urgent = dispatch("fibonacci", n=3, queue="high")
-        wait_all(store, [slow.id, urgent.id, *(h.id for h in waiting)])
+        wait_for_jobs(store, [slow.id, urgent.id, *(h.id for h in waiting)])
     first_after_slow = min((store.require(h.id) for h in [urgent, *waiting]), key=lambda r: r.started_at)
     assert first_after_slow.id == urgent.id
     assert store.require(urgent.id).started_at >= store.require(slow.id).finished_at
@@ -81,7 +79,7 @@ def test_two_workers_run_two_jobs_at_once(pg_deployment: Deployment) -> None:
         pg_deployment.worker(concurrency=1),
     ):
         jobs = [dispatch("slow_query", duration=3, queue="medium") for _ in range(2)]
-        wait_all(store, [j.id for j in jobs])
+        wait_for_jobs(store, [j.id for j in jobs])
     a, b = (store.require(j.id) for j in jobs)
     assert a.status == b.status == JobStatus.COMPLETED
     assert a.started_at < b.finished_at and b.started_at < a.finished_at  # they overlapped
@@ -94,7 +92,7 @@ def test_each_queue_is_served_only_by_its_workers(pg_deployment: Deployment) -> 
         done: set[str] = set()
         for queue in ("default", "low", "medium", "high"):
             with pg_deployment.worker(concurrency=1, queues=queue):
-                wait_all(store, [handles[queue].id], timeout=60)
+                wait_for_jobs(store, [handles[queue].id], timeout=60)
                 done.add(queue)
                 # Jobs of queues no worker consumes yet are still waiting.
                 for other, handle in handles.items():
@@ -117,7 +115,7 @@ def test_stack_with_two_workers(pg_deployment: Deployment) -> None:
         assert out.returncode == 0, out.stderr
         job_id = out.stdout.strip()
         store = JobStore(pg_deployment.database_url)
-        wait_all(store, [job_id], timeout=120)
+        wait_for_jobs(store, [job_id], timeout=120)
         assert store.require(job_id).result == 6765
         stack.process.send_signal(signal.SIGTERM)
         assert stack.process.wait(timeout=60) == 0

@@ -6,8 +6,8 @@ import dagster as dg
 import pytest
 
 from etl_pipelines.framework.instance import get_instance
-from etl_pipelines.store import JobStatus, JobStore
-from etl_pipelines_tests.harness import Deployment, graphql, poll, run_finished
+from etl_pipelines.store import JobRecord, JobStatus, JobStore
+from etl_pipelines_tests.harness import Deployment, graphql, wait_for_jobs
 
 pytestmark = pytest.mark.e2e
 
@@ -35,13 +35,9 @@ def launch_params(job_name: str, config: dict, tags: dict[str, str]) -> dict:
     }
 
 
-def wait_final(store: JobStore, job_id: str, timeout: float = 120):
-    return poll(
-        lambda: (r := store.get(job_id)) is not None and r.status.is_final and run_finished(job_id) and r,
-        timeout,
-        0.2,
-        f"job {job_id} to finish",
-    )
+def wait_final(store: JobStore, job_id: str, timeout: float = 120) -> JobRecord:
+    wait_for_jobs(store, [job_id], timeout)
+    return store.require(job_id)
 
 
 def test_graphql_launch_run_gets_a_record(pg_deployment: Deployment) -> None:

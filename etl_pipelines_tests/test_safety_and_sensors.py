@@ -14,18 +14,9 @@ import sqlalchemy as sa
 
 from etl_pipelines.framework.dispatch import dispatch
 from etl_pipelines.store import JobRecord, JobStatus, JobStore
-from etl_pipelines_tests.harness import BIN, REPO, Deployment, free_port, poll, run_finished
+from etl_pipelines_tests.harness import BIN, REPO, Deployment, free_port, poll, wait_for_jobs
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_all(store: JobStore, ids: list[str], timeout: float = 180) -> None:
-    poll(
-        lambda: all(store.require(i).status.is_final and run_finished(i) for i in ids),
-        timeout,
-        0.3,
-        f"jobs {ids} to end",
-    )
 
 
 def overlap(a: JobRecord, b: JobRecord) -> bool:
@@ -38,7 +29,7 @@ def test_jobs_on_the_same_table_never_overlap(pg_deployment: Deployment) -> None
     other = dispatch("slow_query", duration=3, table="auth.orders")
     store = JobStore(pg_deployment.database_url)
     with pg_deployment.daemon():
-        wait_all(store, [first.id, second.id, other.id])
+        wait_for_jobs(store, [first.id, second.id, other.id])
     a, b, c = (store.require(h.id) for h in (first, second, other))
     assert {a.status, b.status, c.status} == {JobStatus.COMPLETED}
     assert not overlap(a, b), (a.started_at, a.finished_at, b.started_at, b.finished_at)
@@ -192,10 +183,10 @@ def test_failure_webhook_once_per_failed_job_and_import_chains_an_aggregation(
     )
     store = JobStore(pg_deployment.database_url)
     with pg_deployment.daemon() as daemon:
-        wait_all(store, [*(h.id for h in failed), ok.id, imported.id])
+        wait_for_jobs(store, [*(h.id for h in failed), ok.id, imported.id])
         poll(lambda: len(webhook.bodies) >= 2, 90, 0.2, f"two alerts\n{daemon.output()[-2000:]}")
         chained = poll(lambda: store.list(job_type="data_aggregation"), 90, 0.5, "the chained aggregation")
-        wait_all(store, [chained[0].id])
+        wait_for_jobs(store, [chained[0].id])
         # Let the alert sensor tick twice more: a duplicate alert would show up by then.
         ticks = daemon.output().count("Checking for new runs for sensor: failure_alerts")
         poll(

@@ -22,6 +22,7 @@ class DropTable(BaseJob):
 
     def handle(self, ctx: JobContext) -> dict[str, object]:
         table = TableName.parse(self.table).check_schema(ctx.settings.allowed_schemas)
+        # The statement holds a keyword chosen here and the validated, dialect-quoted table name only.
         if_exists = " IF EXISTS" if self.if_exists else ""
         with ctx.begin() as connection:
             existed = sa.inspect(connection).has_table(table.name, schema=table.schema)

@@ -29,6 +29,7 @@ class VacuumAnalyze(BaseJob):
         table = TableName.parse(self.table) if self.table else None
         done = []
         with ctx.autocommit() as connection:
+            # Statements hold keywords chosen here and validated, dialect-quoted identifiers only.
             quoted = table.quoted(connection.dialect) if table else ""
             if connection.dialect.name == "postgresql":
                 options = [o for o, on in (("FULL", self.full), ("ANALYZE", self.analyze)) if on]
