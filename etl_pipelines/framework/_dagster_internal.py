@@ -6,6 +6,7 @@ launch` does (code location -> remote job -> execution plan -> create_run -> sub
 workspace.yaml gives it, so the daemon and webserver see the run as theirs.
 """
 
+import functools
 import os
 import sys
 import threading
@@ -43,12 +44,34 @@ __all__ = [
 ]
 
 
+# Run-storage schema checks Dagster makes on every run write and run query, each reflecting the
+# `runs` table with SQLAlchemy's inspector (several catalog queries, ~3 ms of CPU). A column that a
+# migration added is never removed, so once a check is true it stays true for the process.
+_SCHEMA_CHECKS = ("has_run_stats_index_cols", "has_backfill_id_column", "has_bulk_actions_selector_cols")
+
+
+def _true_once_known(check: Any) -> Any:
+    known = False
+
+    @functools.wraps(check)
+    def cached() -> bool:
+        nonlocal known
+        known = known or bool(check())
+        return known
+
+    return cached
+
+
 def pool_storage_connections(instance: dg.DagsterInstance) -> None:
-    """Pool the storage's database connections, as dagster-webserver does for itself.
+    """Pool the storage's database connections, as dagster-webserver does, and cache schema checks.
 
     dagster-postgres opens a new connection per query by default (NullPool): ~15 per dispatch.
     """
     instance.optimize_for_webserver(statement_timeout=15_000, pool_recycle=3600, max_overflow=5)
+    storage = instance.run_storage
+    for name in _SCHEMA_CHECKS:
+        if callable(getattr(storage, name, None)):
+            setattr(storage, name, _true_once_known(getattr(storage, name)))
 
 
 def execute_run_here(instance: dg.DagsterInstance, run_id: str) -> int:
