@@ -1,12 +1,17 @@
 """etl-jobs: dispatch jobs and look at them from the shell (also `python -m etl_pipelines.cli`)."""
 
 import functools
+import getpass
 import json
+import re
 import sys
+import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
+import redis
 import sqlalchemy as sa
 from dagster_postgres.utils import DagsterPostgresException
 
@@ -14,7 +19,7 @@ from etl_pipelines.framework.base import JobInputError
 from etl_pipelines.framework.queues import UnknownQueueError, check_queue
 from etl_pipelines.framework.registry import UnknownJobTypeError, get_job_type, job_types
 from etl_pipelines.settings import Settings, SettingsError
-from etl_pipelines.store import JobNotFoundError, JobRecord, JobStatus, JobStore
+from etl_pipelines.store import JobNotFoundError, JobRecord, JobStateError, JobStatus, JobStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,6 +38,7 @@ def clear_errors(func: F) -> F:
             UnknownQueueError,
             UnknownJobTypeError,
             JobNotFoundError,
+            JobStateError,
             SettingsError,
         ) as exc:
             raise click.ClickException(str(exc)) from None
@@ -75,8 +81,8 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render_table(records: Sequence[JobRecord], columns: Sequence[str] = LIST_COLUMNS) -> str:
-    """Records as an aligned text table."""
+def render_table(records: Sequence[Any], columns: Sequence[str] = LIST_COLUMNS) -> str:
+    """Records (or audit events) as an aligned text table."""
     rows = [[_cell(getattr(r, c)) for c in columns] for r in records]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
@@ -182,6 +188,169 @@ def list_failed_jobs(queue: str | None, job_type: str | None, limit: int, as_jso
     _list([JobStatus.FAILED.value], queue, job_type, limit, as_json)
 
 
+def _actor(actor: str | None) -> str:
+    """Who did it: --actor, else the OS user."""
+    return actor or getpass.getuser()
+
+
+ACTOR_OPTION = click.option("--actor", help="Who is acting, for the audit trail (default: the OS user).")
+
+
+@cli.command("retry-job")
+@click.option("--job-id", help="The failed job to run again.")
+@click.option("--all", "retry_all", is_flag=True, help="Every failed job (filtered by --queue/--type).")
+@click.option("--queue", help="With --all: only this queue.")
+@click.option("--type", "job_type", help="With --all: only this job type.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True, help="With --all.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(0.1, 1000),
+    default=5.0,
+    show_default=True,
+    help="With --all: at most this many retries queued per second.",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be retried; change nothing.")
+@click.option("--reason", help="Why, for the audit trail.")
+@ACTOR_OPTION
+@clear_errors
+def retry_job(
+    job_id: str | None,
+    retry_all: bool,
+    queue: str | None,
+    job_type: str | None,
+    limit: int,
+    rate: float,
+    dry_run: bool,
+    reason: str | None,
+    actor: str | None,
+) -> None:
+    """Run a failed job again: a re-execution of its last run, recorded on the same job.
+
+    The job gets its whole retry schedule again. Only failed jobs can be retried: a job waiting for
+    an automatic retry, queued or running is refused (and left as it is).
+    """
+    from etl_pipelines.framework.instance import get_instance
+    from etl_pipelines.framework.operations import retry_job as retry
+
+    if bool(job_id) == retry_all:
+        raise click.UsageError("give either --job-id ID or --all")
+    if job_id and (queue or job_type):
+        raise click.UsageError("--queue and --type filter --all")
+    jobs = store()
+    if job_id:
+        record = jobs.require(job_id)
+        if record.status != JobStatus.FAILED:
+            raise JobStateError(f"job {job_id} is {record.status.value}, not failed: nothing to retry")
+        targets = [record]
+    else:
+        if job_type:
+            get_job_type(job_type)
+        if queue:
+            check_queue(queue, Settings.from_env().queues)
+        targets = list(jobs.list(statuses=[JobStatus.FAILED], queue=queue, job_type=job_type, limit=limit))
+    if dry_run:
+        for record in targets:
+            click.echo(
+                f"would retry {record.id}  {record.job_type:<17} {record.queue:<8} {record.error or ''}"
+            )
+        click.echo(f"{len(targets)} job(s) would be retried", err=True)
+        return
+    instance = get_instance()
+    retried = skipped = 0
+    for number, record in enumerate(targets):
+        if number:
+            time.sleep(1 / rate)  # throttled: a bulk retry must not flood the queue
+        try:
+            after = retry(
+                instance,
+                jobs,
+                record.id,
+                expect=[JobStatus.FAILED],
+                retry_count=0,
+                actor=_actor(actor),
+                reason=reason or "retry-job",
+                action="manual_retry",
+            )
+        except JobStateError as exc:
+            if job_id:
+                raise
+            click.echo(f"skipped {record.id}: {exc}")
+            skipped += 1
+            continue
+        click.echo(f"retried {after.id}  {after.job_type:<17} {after.queue:<8} new run {after.run_id}")
+        retried += 1
+    if retry_all:
+        click.echo(f"{retried} job(s) retried, {skipped} skipped", err=True)
+
+
+@cli.command("mark-completed")
+@click.option("--job-id", required=True, help="The failed job to resolve by hand.")
+@click.option("--reason", required=True, help="Why it counts as completed (kept in its history).")
+@ACTOR_OPTION
+@clear_errors
+def mark_completed(job_id: str, reason: str, actor: str | None) -> None:
+    """Resolve a failed job by hand: its status becomes completed, with who and why in its history."""
+    record = store().mark_completed(
+        job_id,
+        {"resolved_manually": reason},
+        expect=[JobStatus.FAILED],
+        actor=_actor(actor),
+        reason=reason,
+        action="marked_completed",
+    )
+    click.echo(f"{record.id} marked completed")
+
+
+HISTORY_COLUMNS = ("at", "action", "from_status", "to_status", "actor", "run_id", "reason")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@clear_errors
+def history(job_id: str, as_json: bool) -> None:
+    """A job's audit trail: every status change and manual action, oldest first."""
+    events = store().history(job_id)
+    if as_json:
+        emit_json([event.to_dict() for event in events])
+    else:
+        click.echo(render_table(events, HISTORY_COLUMNS))
+
+
+def _duration(value: str) -> timedelta:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", value)
+    if not match:
+        raise click.BadParameter(f"expected a duration like 30m, 24h or 7d; got {value!r}")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+    return timedelta(**{unit: float(match.group(1))})
+
+
+@cli.command("recover")
+@click.option(
+    "--since", default="24h", show_default=True, help="Look at jobs changed within this (30m, 24h, 7d)."
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be done; change nothing.")
+@clear_errors
+def recover_jobs(since: str, dry_run: bool) -> None:
+    """Queue again jobs whose work was lost (flushed broker, killed worker, dead dispatcher).
+
+    Jobs that are queued in Dagster or running are left alone; completed jobs are never touched.
+    The job_recovery sensor does the same every 30 s while dagster-daemon runs.
+    """
+    from etl_pipelines.framework.instance import get_instance
+    from etl_pipelines.framework.operations import recover
+
+    window = _duration(since)
+    settings = Settings.from_env()
+    try:
+        actions = recover(get_instance(), store(), settings, since=window, dry_run=dry_run)
+    except redis.exceptions.ConnectionError as exc:
+        raise click.ClickException(f"broker unreachable, nothing changed after that point: {exc}") from None
+    for action in actions:
+        click.echo(str(action))
+    click.echo(f"{len(actions)} job(s) {'would be ' if dry_run else ''}recovered", err=True)
+
+
 @cli.command("job-types")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_job_types(as_json: bool) -> None:
@@ -256,6 +425,20 @@ def worker(queues: str | None, concurrency: int, name: str | None) -> None:
     app.worker_main(worker_argv(_queues(queues, settings), concurrency, name))
 
 
+def recover_at_start(settings: Settings) -> None:
+    """What the last stack left unfinished gets its work back before anything new starts."""
+    from etl_pipelines.framework.instance import get_instance
+    from etl_pipelines.framework.operations import recover
+
+    try:
+        actions = recover(get_instance(), store(), settings)
+    except Exception as exc:  # the job_recovery sensor tries again every 30 s
+        click.echo(f"recovery at start-up failed ({type(exc).__name__}: {exc}); the sensor retries", err=True)
+        return
+    for action in actions:
+        click.echo(f"recovered: {action}")
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Where the UI listens.")
 @click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
@@ -279,6 +462,8 @@ def stack(host: str, port: int, with_demo: bool, workers: int | None, concurrenc
         workers = 1 if settings.redis_url else 0
     if workers:
         settings.require_redis()
+
+    recover_at_start(settings)
 
     def on_ready() -> None:
         from etl_pipelines.demo import dispatch_demo

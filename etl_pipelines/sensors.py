@@ -1,5 +1,7 @@
-"""Sensors: keep job records true when a run ends outside its op, alert on failures, chain jobs."""
+"""Sensors: keep job records true when a run ends outside its op, start due retries, recover lost
+work, alert on failures, chain jobs."""
 
+import contextlib
 import json
 import urllib.request
 from datetime import timedelta
@@ -7,13 +9,15 @@ from typing import Any
 
 import dagster as dg
 
+from etl_pipelines.framework.instance import get_instance
 from etl_pipelines.framework.jobs import op_name
+from etl_pipelines.framework.operations import RECOVERY_PREFIX, attempt_failed, recover, run_due_retries
 from etl_pipelines.framework.queues import QUEUE_TAG
 from etl_pipelines.framework.registry import get_job_type, job_types
 from etl_pipelines.framework.tags import job_id_of
 from etl_pipelines.resources import JobStoreResource
 from etl_pipelines.settings import Settings
-from etl_pipelines.store import JobRecord
+from etl_pipelines.store import JobRecord, JobStateError, JobStatus
 from etl_pipelines.store.models import utcnow
 
 
@@ -39,7 +43,8 @@ def post_alert(url: str, record: JobRecord) -> None:
 
 @dg.run_failure_sensor(
     name="job_failures",
-    description="Records failures that happened outside the op (crash, launch error, timeout).",
+    description="An attempt that ended outside its op (crash, launch error, time limit) is retried "
+    "per the job's retry schedule, or the job is marked failed.",
     minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
     monitor_all_code_locations=False,
@@ -52,10 +57,44 @@ def job_failures(context: dg.RunFailureSensorContext, job_store: JobStoreResourc
     record = store.get(job_id_of(run))
     if record is None or record.run_id != run.run_id:
         return
-    if not record.status.is_final:
-        message = context.failure_event.message or "run failed"
-        context.log.info(f"job {record.id}: run {run.run_id} failed outside its op: {message}")
-        store.mark_failed(record.id, error=f"RunFailure: {message}", traceback=None)
+    # The op itself recorded the outcome (waiting_retry, failed), or recovery is handling the run.
+    if record.status not in (JobStatus.QUEUED, JobStatus.STARTED):
+        return
+    message = context.failure_event.message or "run failed"
+    if message.startswith(RECOVERY_PREFIX):
+        return
+    context.log.info(f"job {record.id}: run {run.run_id} failed outside its op: {message}")
+    # JobStateError: recovery or the op got there first.
+    with contextlib.suppress(JobStateError):
+        attempt_failed(store, record, f"RunFailure: {message}", Settings.from_env())
+
+
+@dg.sensor(
+    name="due_retries",
+    description="Queues each job whose retry is due (waiting_retry, next_retry_at passed) as a "
+    "re-execution of its failed run, once.",
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def due_retries(context: dg.SensorEvaluationContext, job_store: JobStoreResource) -> dg.SkipReason:
+    actions = run_due_retries(get_instance(), job_store.store())
+    for action in actions:
+        context.log.info(str(action))
+    return dg.SkipReason(f"queued {sum(a.action == 'retried' for a in actions)} retr(y/ies)")
+
+
+@dg.sensor(
+    name="job_recovery",
+    description="Finds jobs whose work was lost (flushed broker, killed worker, dead dispatcher) "
+    "and queues them again; leaves queued and running jobs alone. Also `etl-jobs recover`.",
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def job_recovery(context: dg.SensorEvaluationContext, job_store: JobStoreResource) -> dg.SkipReason:
+    actions = recover(get_instance(), job_store.store(), Settings.from_env())
+    for action in actions:
+        context.log.warning(str(action))
+    return dg.SkipReason(f"recovered {len(actions)} job(s)")
 
 
 @dg.sensor(
@@ -131,4 +170,11 @@ def build_sensors(jobs: dict[str, dg.JobDefinition]) -> list[dg.SensorDefinition
         request = aggregation_request(context.dagster_run)
         return request or dg.SkipReason("the import asked for no aggregation")
 
-    return [job_failures, failure_alerts, job_cancellations, aggregate_after_import]
+    return [
+        job_failures,
+        due_retries,
+        job_recovery,
+        failure_alerts,
+        job_cancellations,
+        aggregate_after_import,
+    ]

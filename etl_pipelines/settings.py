@@ -52,6 +52,8 @@ class Settings:
     import_dir: Path
     redis_url: str | None
     redis_key_prefix: str
+    heartbeat_seconds: float
+    recovery_grace_seconds: float
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -73,7 +75,17 @@ class Settings:
             import_dir=Path(env.get("ETL_IMPORT_DIR") or dagster_home() / "imports").absolute(),
             redis_url=env.get("ETL_REDIS_URL") or None,
             redis_key_prefix=env.get("ETL_REDIS_KEY_PREFIX", ""),
+            heartbeat_seconds=_seconds("ETL_HEARTBEAT_SECONDS", env.get("ETL_HEARTBEAT_SECONDS"), 10.0)
+            or 10.0,
+            recovery_grace_seconds=_seconds(
+                "ETL_RECOVERY_GRACE_SECONDS", env.get("ETL_RECOVERY_GRACE_SECONDS"), 30.0
+            ),
         )
+
+    @property
+    def heartbeat_timeout(self) -> float:
+        """A started job whose heartbeat is older than this has lost its process (3 beats missed)."""
+        return 3 * self.heartbeat_seconds
 
     def require_redis(self) -> str:
         """ETL_REDIS_URL, which the Celery launcher and workers cannot do without."""

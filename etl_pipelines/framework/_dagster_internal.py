@@ -16,6 +16,7 @@ from typing import Any
 import dagster as dg
 from dagster._cli.api import _execute_run_command_body
 from dagster._core.definitions.selector import JobSubsetSelector
+from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.remote_representation.external import RemoteJob
@@ -150,6 +151,22 @@ class RunSubmitter:
             asset_selection=None,
             asset_check_selection=None,
             asset_graph=self._repository.asset_graph,
+        )
+        return self.instance.submit_run(run.run_id, self._workspace)
+
+    def submit_created(self, run: dg.DagsterRun) -> dg.DagsterRun:
+        """Submit a run that was created but never submitted (its creator died in between)."""
+        return self.instance.submit_run(run.run_id, self._workspace)
+
+    def reexecute(self, parent: dg.DagsterRun) -> dg.DagsterRun:
+        """Queue a re-execution of `parent` (all steps, its config and tags), as the UI's button does."""
+        run = self.instance.create_reexecuted_run(
+            request_context=self._workspace,
+            parent_run=parent,
+            code_location=self._code_location,
+            remote_job=self._job(parent.job_name),
+            strategy=ReexecutionStrategy.ALL_STEPS,
+            use_parent_run_tags=True,
         )
         return self.instance.submit_run(run.run_id, self._workspace)
 

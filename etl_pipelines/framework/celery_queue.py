@@ -8,12 +8,14 @@ executes the run in its own process with a pooled Dagster instance, instead of s
 per run.
 """
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
+import redis
 from celery import Celery
 
 from etl_pipelines.framework._dagster_internal import (
@@ -125,6 +127,27 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
         self._instance.report_run_canceled(run, message="Revoked the run's Celery task.")
         return True
 
+    def task_in_broker(self, run: dg.DagsterRun) -> bool:
+        """Is the run's task still waiting in its Celery queue, or held by a worker (unacknowledged)?
+
+        Recovery asks this of runs stuck in STARTING. A missing task is a plain False; an
+        unreachable Redis raises (redis.ConnectionError), so "don't know" is never "gone".
+        """
+        settings = Settings.from_env()
+        queue = run.tags.get(QUEUE_TAG) or settings.queues[-1]
+        prefix = settings.redis_key_prefix
+        client = redis.Redis.from_url(settings.require_redis())
+        try:
+            # kombu keeps one list per priority step (queue, queue\x06\x163, ...) and the
+            # messages workers hold in the "unacked" hash until they acknowledge them (acks_late).
+            keys = [prefix + queue] + [f"{prefix}{queue}\x06\x16{step}" for step in (3, 6, 9)]
+            for key in keys:
+                if any(_task_id(raw) == run.run_id for raw in client.lrange(key, 0, -1)):
+                    return True
+            return any(_task_id(raw, wrapped=True) == run.run_id for raw in client.hvals(prefix + "unacked"))
+        finally:
+            client.close()
+
     @property
     def supports_check_run_worker_health(self) -> bool:
         return True
@@ -138,6 +161,17 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
         if state == "STARTED":
             return CheckRunHealthResult(WorkerStatus.RUNNING)
         return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"Celery task state {state}.")
+
+
+def _task_id(raw: bytes, wrapped: bool = False) -> str | None:
+    """The Celery task id of a kombu message as Redis stores it (unacked entries are wrapped)."""
+    try:
+        message = json.loads(raw)
+        if wrapped:
+            message = message[0]
+        return message["headers"]["id"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def worker_argv(queues: Sequence[str], concurrency: int, name: str | None) -> list[str]:

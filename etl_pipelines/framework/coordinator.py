@@ -69,5 +69,10 @@ def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.Dagster
         instance.add_run_tags(run.run_id, missing)
         run = instance.get_run_by_id(run.run_id) or run
     if run.run_id not in record.run_ids or record.status != JobStatus.QUEUED:
-        store.mark_queued(job_id, run.run_id, payload=payload)
+        reason = None
+        if run.parent_run_id:
+            reason = f"re-execution of run {run.parent_run_id}"
+        store.mark_queued(
+            job_id, run.run_id, payload=payload, reason=reason, new_round=record.status.is_final
+        )
     return run

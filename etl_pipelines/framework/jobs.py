@@ -1,7 +1,10 @@
 """Turning a BaseJob subclass into a one-op Dagster job, and what that op does when it runs."""
 
+import functools
 import json
+import logging
 import math
+import threading
 import traceback
 from datetime import timedelta
 from typing import Any
@@ -13,7 +16,14 @@ from etl_pipelines.framework.base import BaseJob, JobContext, JobTimeoutError, N
 from etl_pipelines.framework.tags import JOB_TYPE_TAG, QUEUE_TAG, job_id_of
 from etl_pipelines.resources import JobStoreResource, TargetDatabase
 from etl_pipelines.settings import Settings
+from etl_pipelines.store import JobStatus, JobStore
 from etl_pipelines.store.models import utcnow
+
+logger = logging.getLogger(__name__)
+
+# The op writes its outcome only while the job is still its attempt: if recovery declared the
+# worker lost meanwhile, that decision stands (JobStateError fails this run instead).
+ATTEMPT = (JobStatus.STARTED,)
 
 
 def build_job(job_cls: type[BaseJob]) -> dg.JobDefinition:
@@ -53,13 +63,38 @@ def op_name(job_cls: type[BaseJob]) -> str:
     return f"{job_cls.job_type()}_op"
 
 
+class Heartbeat:
+    """While in the block, write the job's heartbeat every `interval` s from a background thread."""
+
+    def __init__(self, store: JobStore, job_id: str, run_id: str, interval: float):
+        self._beat = functools.partial(store.heartbeat, job_id, run_id)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._beat()
+            except Exception:  # a missed beat is retried at the next interval
+                logger.warning("heartbeat of a running job failed", exc_info=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def run_job(
     context: dg.OpExecutionContext,
     job: BaseJob,
     job_store: JobStoreResource,
     database: TargetDatabase,
 ) -> Any:
-    """Run one attempt of `job`, keeping its record current; ask Dagster for a retry on failure."""
+    """Run one attempt of `job`, keeping its record current; on failure, schedule the next attempt."""
     job_cls = type(job)
     settings = Settings.from_env()
     store = job_store.store()
@@ -76,8 +111,8 @@ def run_job(
         max_retries=len(delays),
         run_id=run.run_id,
     )
-    retry_number = context.retry_number
-    store.mark_started(job_id, run.run_id, retry_count=retry_number)
+    record = store.mark_started(job_id, run.run_id)
+    retry_number = record.retry_count
     ctx = JobContext(
         job_id=job_id,
         run_id=run.run_id,
@@ -88,37 +123,45 @@ def run_job(
         timeout=job_cls.timeout(settings),
     )
     try:
-        job.validate_input(settings)
-        try:
-            output = job.handle(ctx)
-        except sa.exc.DBAPIError as exc:
-            raise classify_database_error(exc, ctx.timeout) from exc
-        try:
-            result = to_json(output)
-        except (TypeError, ValueError) as exc:
-            raise JobResultError(f"the job's result cannot be stored as JSON: {exc}") from exc
+        with Heartbeat(store, job_id, run.run_id, settings.heartbeat_seconds):
+            job.validate_input(settings)
+            try:
+                output = job.handle(ctx)
+            except sa.exc.DBAPIError as exc:
+                raise classify_database_error(exc, ctx.timeout) from exc
+            try:
+                result = to_json(output)
+            except (TypeError, ValueError) as exc:
+                raise JobResultError(f"the job's result cannot be stored as JSON: {exc}") from exc
     except NonRetryableError as exc:
         # Bad parameters or a failed check do not get better by waiting: fail at once.
-        store.mark_failed(job_id, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        store.mark_failed(
+            job_id, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(), expect=ATTEMPT
+        )
         raise
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         if retry_number < len(delays):
             wait = delays[retry_number]
+            due = utcnow() + timedelta(seconds=wait)
+            # The wait lives in the job table, not in this process: the run ends here, the worker
+            # slot is free, and the due_retries sensor re-executes the run when the time comes.
             store.mark_waiting_retry(
                 job_id,
                 error=error,
                 traceback=traceback.format_exc(),
-                next_retry_at=utcnow() + timedelta(seconds=wait),
+                next_retry_at=due,
+                reason=f"attempt {retry_number + 1} of {len(delays) + 1} failed: {error}",
+                expect=ATTEMPT,
             )
             context.log.warning(
-                f"attempt {retry_number + 1} of {len(delays) + 1} failed ({error}); retry in {wait:g} s"
+                f"attempt {retry_number + 1} of {len(delays) + 1} failed ({error}); "
+                f"retry {retry_number + 1} due in {wait:g} s at {due:%Y-%m-%d %H:%M:%S} UTC"
             )
-            # RetryRequested gives exact waits; RetryPolicy's backoff cannot express 60/300/900.
-            raise dg.RetryRequested(max_retries=len(delays), seconds_to_wait=wait) from exc
-        store.mark_failed(job_id, error=error, traceback=traceback.format_exc())
+            raise
+        store.mark_failed(job_id, error=error, traceback=traceback.format_exc(), expect=ATTEMPT)
         raise
-    store.mark_completed(job_id, result)
+    store.mark_completed(job_id, result, expect=ATTEMPT)
     context.add_output_metadata(
         {"job_id": job_id, "result": result_metadata(result), **job.result_metadata(result)}
     )

@@ -32,12 +32,11 @@ def job_id_of(run: dg.DagsterRun) -> str:
 
 def run_tags(job: BaseJob | None, job_cls: type[BaseJob], queue: str, settings: Settings) -> dict[str, str]:
     """Queue, priority, target and run time limit of a run of `job` (None: parameters unknown)."""
-    delays = job_cls.retry_schedule(settings)
     tags = {QUEUE_TAG: queue, PRIORITY_TAG: str(priority(queue, settings.queues))}
     attempt = job_cls.attempt_limit(settings)
     if attempt:
-        # Every attempt may use its whole limit, plus the waits between them, plus start-up.
-        tags[MAX_RUNTIME_TAG] = str(int(attempt * (len(delays) + 1) + sum(delays) + 60))
+        # A run is one attempt (retries are new runs): its limit plus start-up.
+        tags[MAX_RUNTIME_TAG] = str(int(attempt + 60))
     target = job.target() if job is not None else None
     if target:
         tags[TARGET_TAG] = target

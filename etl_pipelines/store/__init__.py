@@ -1,6 +1,14 @@
-"""The job table: SQLAlchemy models and queries. No Dagster import here."""
+"""The job table and its audit trail: SQLAlchemy models and queries. No Dagster import here."""
 
-from etl_pipelines.store.models import JobRecord, JobStatus
-from etl_pipelines.store.store import JobNotFoundError, JobStore
+from etl_pipelines.store.models import JobEvent, JobRecord, JobStatus
+from etl_pipelines.store.store import SYSTEM_ACTOR, JobNotFoundError, JobStateError, JobStore
 
-__all__ = ["JobNotFoundError", "JobRecord", "JobStatus", "JobStore"]
+__all__ = [
+    "SYSTEM_ACTOR",
+    "JobEvent",
+    "JobNotFoundError",
+    "JobRecord",
+    "JobStateError",
+    "JobStatus",
+    "JobStore",
+]

@@ -94,6 +94,9 @@ class JobRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     # When the failure alert for the latest failure was delivered (None: not yet, or not failed).
     alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Written every ETL_HEARTBEAT_SECONDS by the process running an attempt: a stale heartbeat on a
+    # started job means that process is gone (recovery).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data (timestamps in ISO 8601)."""
@@ -106,3 +109,36 @@ class JobRecord(Base):
                 value = value.value
             data[column.key] = value
         return data
+
+
+class JobEvent(Base):
+    """The audit trail: one row per status change or manual action, appended, never updated."""
+
+    __tablename__ = "etl_job_events"
+    __table_args__ = (sa.Index("ix_etl_job_events_job_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(sa.String(36))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # What happened: queued, started, waiting_retry, completed, failed, cancelled, retried,
+    # marked_completed, recovered, ...
+    action: Mapped[str] = mapped_column(sa.String(40))
+    from_status: Mapped[str | None] = mapped_column(sa.String(20), nullable=True)
+    to_status: Mapped[str | None] = mapped_column(sa.String(20), nullable=True)
+    run_id: Mapped[str | None] = mapped_column(sa.String(36), nullable=True)
+    # Who: "etl_pipelines" for the system itself, else an OS user or an --actor value.
+    actor: Mapped[str] = mapped_column(sa.String(100))
+    reason: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "job_id": self.job_id,
+            "at": self.at.isoformat(),
+            "action": self.action,
+            "from_status": self.from_status,
+            "to_status": self.to_status,
+            "run_id": self.run_id,
+            "actor": self.actor,
+            "reason": self.reason,
+        }

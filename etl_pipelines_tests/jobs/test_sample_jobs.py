@@ -67,12 +67,15 @@ def test_slow_query_and_fibonacci(target: sa.Engine) -> None:
         assert record.result == expected
 
 
-def test_failed_job_retries_then_fails(target: sa.Engine) -> None:
+def test_failed_job_attempt_schedules_its_retry(target: sa.Engine) -> None:
+    """One run is one attempt: a failure ends the run and leaves the wait to the job table."""
     record, result = execute("failed_job", message="nope")
     assert not result.success
-    assert record.status == JobStatus.FAILED
-    assert record.retry_count == 2 and record.max_retries == 2  # ETL_RETRY_DELAYS=0,0
+    assert record.status == JobStatus.WAITING_RETRY and record.retry_count == 0 and record.max_retries == 2
+    assert record.next_retry_at is not None and record.heartbeat_at is None
     assert record.error == "FailedJobError: nope"
     assert "FailedJobError: nope" in record.traceback
-    restarts = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_RESTARTED]
-    assert len(restarts) == 2
+    kinds = [e.event_type for e in result.all_events]
+    assert (
+        dg.DagsterEventType.STEP_RESTARTED not in kinds and dg.DagsterEventType.STEP_UP_FOR_RETRY not in kinds
+    )

@@ -1,12 +1,13 @@
 """The job table on SQLite and PostgreSQL: lifecycle, filters, timestamps, JSON."""
 
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
-from etl_pipelines.store import JobNotFoundError, JobStatus, JobStore
+from etl_pipelines.store import SYSTEM_ACTOR, JobNotFoundError, JobStateError, JobStatus, JobStore
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -18,6 +19,7 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[JobStore]:
         store = JobStore(url)
         with store.engine.begin() as connection:
             connection.execute(sa.text("DELETE FROM etl_jobs"))
+            connection.execute(sa.text("DELETE FROM etl_job_events"))
         yield store
 
 
@@ -40,12 +42,15 @@ def test_lifecycle(store: JobStore) -> None:
     assert record.status == JobStatus.QUEUED and record.run_ids == ["j1"]
     assert record.created_at.tzinfo is not None
 
-    started = store.mark_started("j1", "j1", retry_count=0)
+    started = store.mark_started("j1", "j1")
     assert started.status == JobStatus.STARTED and started.started_at is not None
+    assert started.heartbeat_at is not None
     due = datetime.now(UTC) + timedelta(seconds=60)
     waiting = store.mark_waiting_retry("j1", error="E: x", traceback="tb", next_retry_at=due)
-    assert waiting.status == JobStatus.WAITING_RETRY
-    again = store.mark_started("j1", "j1", retry_count=1)
+    assert waiting.status == JobStatus.WAITING_RETRY and waiting.heartbeat_at is None
+    claimed = store.claim_retry("j1", expect=[JobStatus.WAITING_RETRY], retry_count=1)
+    assert claimed.status == JobStatus.QUEUED and claimed.retry_count == 1
+    again = store.mark_started("j1", "j1")
     assert again.retry_count == 1 and again.next_retry_at is None
     assert again.started_at == started.started_at  # the first start is kept
     done = store.mark_completed("j1", {"groups": [{"a": 1.5}], "unicode": "é"})
@@ -108,3 +113,70 @@ def test_table_lives_beside_dagsters_own(store: JobStore) -> None:
     if store.engine.dialect.name == "postgresql":
         # The module's database holds Dagster's storage too (copied from the template).
         assert {"runs", "jobs", "job_ticks", "event_logs"} <= tables
+
+
+def test_audit_trail_records_every_change(store: JobStore) -> None:
+    new(store, "h1")
+    store.mark_started("h1", "h1")
+    store.mark_failed("h1", error="E: broken", traceback="tb")
+    store.claim_retry(
+        "h1", expect=[JobStatus.FAILED], retry_count=0, actor="alice", reason="fixed", action="manual_retry"
+    )
+    store.mark_queued("h1", "r2")
+    store.mark_started("h1", "r2")
+    store.mark_failed("h1", error="E: again", traceback=None)
+    store.mark_completed(
+        "h1", None, expect=[JobStatus.FAILED], actor="bob", reason="done by hand", action="marked_completed"
+    )
+    events = store.history("h1")
+    assert [(e.action, e.from_status, e.to_status) for e in events] == [
+        ("queued", None, "queued"),
+        ("started", "queued", "started"),
+        ("failed", "started", "failed"),
+        ("manual_retry", "failed", "queued"),
+        ("run_queued", "queued", "queued"),
+        ("started", "queued", "started"),
+        ("failed", "started", "failed"),
+        ("marked_completed", "failed", "completed"),
+    ]
+    assert [e.actor for e in events if e.actor != SYSTEM_ACTOR] == ["alice", "bob"]
+    assert events[2].reason == "E: broken" and events[-1].reason == "done by hand"
+    assert [e.run_id for e in events][-3:] == ["r2", "r2", "r2"]
+    assert all(a.at <= b.at for a, b in itertools.pairwise(events))
+    with pytest.raises(JobNotFoundError):
+        store.history("nope")
+
+
+def test_checked_transitions_change_nothing_when_refused(store: JobStore) -> None:
+    new(store, "s1")
+    store.mark_started("s1", "s1")
+    before = store.require("s1")
+    count = len(store.history("s1"))
+    with pytest.raises(JobStateError, match="job s1 is started, not failed"):
+        store.claim_retry("s1", expect=[JobStatus.FAILED], retry_count=0)
+    with pytest.raises(JobStateError, match="not failed"):
+        store.mark_completed("s1", None, expect=[JobStatus.FAILED], action="marked_completed")
+    after = store.require("s1")
+    assert after.status == before.status and after.updated_at == before.updated_at
+    assert len(store.history("s1")) == count
+
+
+def test_claim_is_taken_once(store: JobStore) -> None:
+    """Two claimers of one due retry: exactly one wins (the due_retries sensor vs retry-job)."""
+    new(store, "c1")
+    store.mark_waiting_retry("c1", error="E", traceback=None, next_retry_at=datetime.now(UTC))
+    assert [r.id for r in store.due_retries(datetime.now(UTC) + timedelta(seconds=1))] == ["c1"]
+    store.claim_retry("c1", expect=[JobStatus.WAITING_RETRY], retry_count=1)
+    with pytest.raises(JobStateError):
+        store.claim_retry("c1", expect=[JobStatus.WAITING_RETRY], retry_count=1)
+    assert store.due_retries(datetime.now(UTC) + timedelta(seconds=1)) == []
+
+
+def test_heartbeat_only_for_the_running_attempt(store: JobStore) -> None:
+    new(store, "b1")
+    assert not store.heartbeat("b1", "b1")  # queued: nothing runs
+    first = store.mark_started("b1", "b1").heartbeat_at
+    assert store.heartbeat("b1", "b1")
+    assert store.require("b1").heartbeat_at >= first
+    assert not store.heartbeat("b1", "other-run")
+    assert len(store.history("b1")) == 2  # beats are not audit events
