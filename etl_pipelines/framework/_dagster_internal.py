@@ -16,32 +16,42 @@ from typing import Any
 import dagster as dg
 from dagster._cli.api import _execute_run_command_body
 from dagster._core.definitions.selector import JobSubsetSelector
+from dagster._core.execution.compute_logs import redirect_to_file
 from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.remote_representation.external import RemoteJob
+from dagster._core.storage.compute_log_manager import CapturedLogContext
 from dagster._core.storage.defs_state.base import set_defs_state_storage
+from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
+from dagster._utils import ensure_file, touch_file
 
 from etl_pipelines.settings import LOCATION_NAME
 
 DEFINITIONS_MODULE = "etl_pipelines.definitions"
 
-# Re-exported for the Celery run launcher, which must subclass Dagster's launcher interface.
+# Re-exported for the Celery run launcher and the compute log manager, which must subclass
+# Dagster's interfaces.
 __all__ = [
+    "CapturedLogContext",
     "CheckRunHealthResult",
     "ConfigurableClass",
     "ConfigurableClassData",
     "LaunchRunContext",
+    "LocalComputeLogManager",
     "RunLauncher",
     "RunSubmitter",
     "WorkerStatus",
+    "ensure_file",
     "execute_run_here",
     "pool_storage_connections",
+    "redirect_to_file",
     "run_submitter",
+    "touch_file",
 ]
 
 

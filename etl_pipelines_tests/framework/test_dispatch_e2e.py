@@ -46,6 +46,13 @@ def test_fibonacci_runs_to_completion(deployment: Deployment) -> None:
     assert run.tags["etl/job_id"] == handle.id and run.tags["dagster/priority"] == "1"
     # Only the states of a successful first attempt were ever seen.
     assert statuses <= {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.COMPLETED}
+    # The step's output was captured for the UI by our manager (no per-step `tail` processes).
+    manager = get_instance().compute_log_manager
+    assert type(manager).__name__ == "FileComputeLogManager"
+    (captured,) = get_instance().all_logs(handle.id, of_type=dg.DagsterEventType.LOGS_CAPTURED)
+    log_key = [handle.id, "compute_logs", captured.dagster_event.event_specific_data.file_key]
+    assert manager.is_capture_complete(log_key)
+    assert "fibonacci_op" in manager.get_log_data(log_key).stderr.decode()
 
 
 def test_failed_job_retries_on_schedule_then_fails(deployment: Deployment) -> None:
