@@ -2,24 +2,31 @@
 
 import functools
 import getpass
+import io
 import json
 import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
 import redis
 import sqlalchemy as sa
 from dagster_postgres.utils import DagsterPostgresException
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from etl_pipelines.framework.base import JobInputError
 from etl_pipelines.framework.queues import UnknownQueueError, check_queue
 from etl_pipelines.framework.registry import UnknownJobTypeError, get_job_type, job_types
 from etl_pipelines.settings import Settings, SettingsError
+from etl_pipelines.stats import QUANTILES, Stats, queue_stats
 from etl_pipelines.store import JobNotFoundError, JobRecord, JobStateError, JobStatus, JobStore
+from etl_pipelines.store.models import utcnow
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,27 +88,56 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render_table(records: Sequence[Any], columns: Sequence[str] = LIST_COLUMNS) -> str:
-    """Records (or audit events) as an aligned text table."""
-    rows = [[_cell(getattr(r, c)) for c in columns] for r in records]
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join(lines)
+STATUS_STYLES = {
+    "queued": "cyan",
+    "started": "blue",
+    "waiting_retry": "yellow",
+    "completed": "green",
+    "failed": "bold red",
+    "cancelled": "magenta",
+}
 
 
-def render_record(record: JobRecord) -> str:
-    """One record as `field: value` lines (JSON fields compact, the traceback last)."""
+def show(table: Table) -> None:
+    """Print a table: coloured at the terminal's width, or plain, never wrapped or cut, in a pipe."""
+    out = Console(highlight=False)
+    if out.is_terminal:
+        out.print(table)
+        return
+    plain = Console(highlight=False, width=100_000, no_color=True, file=io.StringIO())
+    plain.print(table)
+    for line in plain.file.getvalue().splitlines():
+        click.echo(line.rstrip())
+
+
+def render_table(records: Sequence[Any], columns: Sequence[str] = LIST_COLUMNS) -> Table:
+    """Records (or audit events) as a table, one row each, status coloured on a terminal."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column.upper(), no_wrap=column != "reason", overflow="fold")
+    for record in records:
+        cells = []
+        for column in columns:
+            text = _cell(getattr(record, column))
+            style = STATUS_STYLES.get(text) if column in ("status", "to_status") else None
+            cells.append(Text(text, style=style or ""))
+        table.add_row(*cells)
+    return table
+
+
+def render_record(record: JobRecord) -> Table:
+    """One record as `field  value` rows (JSON fields compact, the traceback last)."""
     data = record.to_dict()
     tb = data.pop("traceback")
-    width = max(len(k) for k in data)
-    lines = []
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
     for key, value in data.items():
         text = json.dumps(value) if isinstance(value, (dict, list)) else _cell(value)
-        lines.append(f"{key.ljust(width)}  {text}")
+        table.add_row(key, Text(text, style=STATUS_STYLES.get(text, "") if key == "status" else ""))
     if tb:
-        lines += ["traceback:", tb.rstrip()]
-    return "\n".join(lines)
+        table.add_row("traceback", Text(tb.rstrip()))
+    return table
 
 
 def emit_json(data: Any) -> None:
@@ -118,17 +154,80 @@ def cli() -> None:
 @click.option("--queue", "-q", help="Queue (default: the job type's own).")
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="A parameter; repeat.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job record as JSON.")
+@click.option("--wait", is_flag=True, help="Follow the job to its end; exit 0 if completed, else 1.")
+@click.option(
+    "--timeout", type=click.FloatRange(0), default=None, help="With --wait: give up after this many s."
+)
 @clear_errors
-def dispatch(job_type: str, queue: str | None, params: tuple[str, ...], as_json: bool) -> None:
-    """Queue a job of JOB_TYPE and print its id."""
+def dispatch(
+    job_type: str,
+    queue: str | None,
+    params: tuple[str, ...],
+    as_json: bool,
+    wait: bool,
+    timeout: float | None,
+) -> None:
+    """Queue a job of JOB_TYPE and print its id (with --wait, follow it to its end)."""
     from etl_pipelines.framework.dispatch import dispatch as dispatch_job
 
     job_cls = get_job_type(job_type)
     handle = dispatch_job(job_cls, queue=queue, **parse_params(params))
-    if as_json:
-        emit_json(handle.record().to_dict())
-    else:
+    if not wait:
+        if as_json:
+            emit_json(handle.record().to_dict())
+        else:
+            click.echo(handle.id)
+        return
+    if not as_json:
         click.echo(handle.id)
+    record = follow(store(), handle.id, timeout=timeout, quiet=as_json)
+    if as_json:
+        emit_json(record.to_dict())
+    sys.exit(0 if record.status == JobStatus.COMPLETED else 1)
+
+
+def describe(record: JobRecord, now: datetime) -> str:
+    """One line for where a job is: `retry 2 of 3 in 4m59s (FailedJobError: boom)`."""
+    attempt = f" (retry {record.retry_count} of {record.max_retries})" if record.retry_count else ""
+    if record.status == JobStatus.WAITING_RETRY and record.next_retry_at is not None:
+        left = max(0, int((record.next_retry_at - now).total_seconds() + 0.999))
+        due = f"{left // 60}m{left % 60:02d}s" if left >= 60 else f"{left}s"
+        return f"retry {record.retry_count + 1} of {record.max_retries} in {due} ({record.error})"
+    if record.status == JobStatus.COMPLETED:
+        return f"completed{attempt}: {json.dumps(record.result)}"
+    if record.status == JobStatus.FAILED:
+        return f"failed{attempt}: {record.error}"
+    return f"{record.status.value}{attempt}"
+
+
+def follow(
+    jobs: JobStore, job_id: str, timeout: float | None, quiet: bool = False, poll: float = 0.25
+) -> JobRecord:
+    """Poll the job until it ends, showing each change on stderr (a live line on a terminal)."""
+    err = Console(stderr=True, highlight=False)
+    live = err.is_terminal and not quiet
+    deadline = None if timeout is None else time.monotonic() + timeout
+    shown = None
+    while True:
+        record = jobs.require(job_id)
+        state = (record.status, record.retry_count)
+        line = describe(record, utcnow())
+        if not quiet and state != shown:
+            if live and shown is not None:
+                err.file.write("\n")
+            if not live:
+                err.print(f"{datetime.now(UTC):%H:%M:%S} {line}")
+            shown = state
+        if live:
+            err.file.write(f"\r\x1b[2K{datetime.now(UTC):%H:%M:%S} {line}")
+            err.file.flush()
+        if record.status.is_final:
+            if live:
+                err.file.write("\n")
+            return record
+        if deadline is not None and time.monotonic() > deadline:
+            raise click.ClickException(f"job {job_id} still {record.status.value} after {timeout:g} s")
+        time.sleep(poll)
 
 
 @cli.command()
@@ -141,7 +240,7 @@ def status(job_id: str, as_json: bool) -> None:
     if as_json:
         emit_json(record.to_dict())
     else:
-        click.echo(render_record(record))
+        show(render_record(record))
 
 
 def _list(
@@ -155,7 +254,7 @@ def _list(
     if as_json:
         emit_json([r.to_dict() for r in records])
     elif records:
-        click.echo(render_table(records))
+        show(render_table(records))
     else:
         click.echo("no jobs", err=True)
 
@@ -314,7 +413,7 @@ def history(job_id: str, as_json: bool) -> None:
     if as_json:
         emit_json([event.to_dict() for event in events])
     else:
-        click.echo(render_table(events, HISTORY_COLUMNS))
+        show(render_table(events, HISTORY_COLUMNS))
 
 
 def _duration(value: str) -> timedelta:
@@ -349,6 +448,63 @@ def recover_jobs(since: str, dry_run: bool) -> None:
     for action in actions:
         click.echo(str(action))
     click.echo(f"{len(actions)} job(s) {'would be ' if dry_run else ''}recovered", err=True)
+
+
+def _stats_table(stats: Stats) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    hours = stats.window_seconds / 3600
+    window = f"{hours:g}h"
+    headers = ["QUEUE", "WAITING", "OLDEST", "RUNNING", "RETRY PENDING", f"DONE {window}", f"FAILED {window}"]
+    headers += [f"TO START p{round(float(q) * 100)}" for q in map(str, QUANTILES)]
+    for header in headers:
+        table.add_column(header, justify="left" if header == "QUEUE" else "right")
+    for q in stats.queues:
+        failed = Text(str(q.failed_last_window), style="bold red" if q.failed_last_window else "")
+        row = [
+            q.queue,
+            str(q.waiting),
+            _age(q.oldest_waiting_seconds),
+            str(q.running),
+            str(q.retries_pending),
+        ]
+        row += [str(q.completed_last_window)]
+        table.add_row(*row, failed, *(_age(q.time_to_start[str(x)]) for x in QUANTILES))
+    return table
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@clear_errors
+def stats(as_json: bool) -> None:
+    """Per queue: waiting, oldest waiting, running, retries pending, done/failed in the last hour,
+    time from dispatch to start (quantiles)."""
+    result = queue_stats(store(), Settings.from_env().queues)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        show(_stats_table(result))
+
+
+@cli.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=9464, show_default=True)
+@clear_errors
+def metrics(host: str, port: int) -> None:
+    """Serve the queue metrics for Prometheus on http://HOST:PORT/metrics until Ctrl-C/SIGTERM."""
+    from etl_pipelines.metrics import serve
+
+    serve(store(), Settings.from_env().queues, host, port, echo=click.echo)
 
 
 @cli.command("job-types")

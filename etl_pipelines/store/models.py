@@ -62,6 +62,9 @@ class JobRecord(Base):
         sa.Index("ix_etl_jobs_queue_status", "queue", "status"),
         sa.Index("ix_etl_jobs_type_created", "job_type", "created_at"),
         sa.Index("ix_etl_jobs_run_id", "run_id"),
+        # Queue metrics (etl-jobs stats / metrics): finished and started in the last hour.
+        sa.Index("ix_etl_jobs_status_finished", "status", "finished_at"),
+        sa.Index("ix_etl_jobs_started", "started_at"),
     )
 
     # The id of the job's first Dagster run: re-executions keep it (their root run id).
@@ -89,6 +92,8 @@ class JobRecord(Base):
     run_id: Mapped[str | None] = mapped_column(sa.String(36), nullable=True)
     run_ids: Mapped[list[str]] = mapped_column(JSONType, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When it last entered `queued` (dispatch, a retry, a re-execution): how long it has waited.
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

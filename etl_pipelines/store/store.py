@@ -66,6 +66,7 @@ class JobStore:
             run_id=run_id,
             run_ids=[run_id] if run_id else [],
             created_at=created_at or now,
+            queued_at=created_at or now,
             updated_at=now,
         )
         with self._session() as session, session.begin():
@@ -180,6 +181,7 @@ class JobStore:
             "run_ids": [*record.run_ids, run_id],
             "run_id": run_id,
             "status": JobStatus.QUEUED,
+            "queued_at": record.queued_at if record.status == JobStatus.QUEUED else utcnow(),
             # A new run starts from a clean slate: the last outcome no longer describes it.
             "result": None,
             "error": None,
@@ -267,6 +269,7 @@ class JobStore:
             actor=actor,
             reason=reason,
             status=JobStatus.QUEUED,
+            queued_at=utcnow(),
             retry_count=retry_count,
             next_retry_at=None,
             heartbeat_at=None,
