@@ -18,8 +18,10 @@ install: $(BIN)/etl-jobs
 run: install
 	$(BIN)/etl-jobs stack --demo --port $(PORT)
 
-# The whole suite, against PostgreSQL and Redis on 127.0.0.1 (see README, Tests).
+# The whole suite, against PostgreSQL and Redis on 127.0.0.1 (see README, Tests). The browser test
+# needs Chromium: installed from Debian's packages if missing.
 test: install
+	@test -x "$${ETL_TEST_CHROMIUM:-/usr/bin/chromium}" || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 	$(BIN)/ruff check etl_pipelines etl_pipelines_tests bench
 	$(BIN)/ruff format --check etl_pipelines etl_pipelines_tests bench
 	$(BIN)/pytest
