@@ -21,7 +21,9 @@ run: install
 # The whole suite, against PostgreSQL and Redis on 127.0.0.1 (see README, Tests). The browser test
 # needs Chromium: installed from Debian's packages if missing.
 test: install
-	@test -x "$${ETL_TEST_CHROMIUM:-/usr/bin/chromium}" || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+	@test -x "$${ETL_TEST_CHROMIUM:-/usr/bin/chromium}" || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+		|| { echo "The browser test needs Chromium: apt-get install chromium, or set ETL_TEST_CHROMIUM" >&2; exit 1; }
 	$(BIN)/ruff check etl_pipelines etl_pipelines_tests bench
 	$(BIN)/ruff format --check etl_pipelines etl_pipelines_tests bench
 	$(BIN)/pytest

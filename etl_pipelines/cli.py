@@ -216,7 +216,7 @@ def follow(
             if live and shown is not None:
                 err.file.write("\n")
             if not live:
-                err.print(f"{datetime.now(UTC):%H:%M:%S} {line}")
+                click.echo(f"{datetime.now(UTC):%H:%M:%S} {line}", err=True)
             shown = state
         if live:
             err.file.write(f"\r\x1b[2K{datetime.now(UTC):%H:%M:%S} {line}")
@@ -370,10 +370,10 @@ def retry_job(
                 reason=reason or "retry-job",
                 action="manual_retry",
             )
-        except JobStateError as exc:
+        except Exception as exc:
             if job_id:
                 raise
-            click.echo(f"skipped {record.id}: {exc}")
+            click.echo(f"skipped {record.id}: {type(exc).__name__}: {exc}")
             skipped += 1
             continue
         click.echo(f"retried {after.id}  {after.job_type:<17} {after.queue:<8} new run {after.run_id}")
@@ -443,7 +443,7 @@ def recover_jobs(since: str, dry_run: bool) -> None:
     settings = Settings.from_env()
     try:
         actions = recover(get_instance(), store(), settings, since=window, dry_run=dry_run)
-    except redis.exceptions.ConnectionError as exc:
+    except redis.RedisError as exc:
         raise click.ClickException(f"broker unreachable, nothing changed after that point: {exc}") from None
     for action in actions:
         click.echo(str(action))
@@ -587,7 +587,7 @@ def recover_at_start(settings: Settings) -> None:
     from etl_pipelines.framework.operations import recover
 
     try:
-        actions = recover(get_instance(), store(), settings)
+        actions = recover(get_instance(), store(), settings, since=None)
     except Exception as exc:  # the job_recovery sensor tries again every 30 s
         click.echo(f"recovery at start-up failed ({type(exc).__name__}: {exc}); the sensor retries", err=True)
         return

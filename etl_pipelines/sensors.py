@@ -63,6 +63,9 @@ def job_failures(context: dg.RunFailureSensorContext, job_store: JobStoreResourc
     message = context.failure_event.message or "run failed"
     if message.startswith(RECOVERY_PREFIX):
         return
+    ended = context.instance.get_run_record_by_id(run.run_id).end_time
+    if record.status == JobStatus.QUEUED and ended is not None and record.queued_at.timestamp() > ended:
+        return  # queued again (a retry claimed it) after this failure: the failure is behind it
     context.log.info(f"job {record.id}: run {run.run_id} failed outside its op: {message}")
     # JobStateError: recovery or the op got there first.
     with contextlib.suppress(JobStateError):
@@ -91,7 +94,7 @@ def due_retries(context: dg.SensorEvaluationContext, job_store: JobStoreResource
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def job_recovery(context: dg.SensorEvaluationContext, job_store: JobStoreResource) -> dg.SkipReason:
-    actions = recover(get_instance(), job_store.store(), Settings.from_env())
+    actions = recover(get_instance(), job_store.store(), Settings.from_env(), since=None)
     for action in actions:
         context.log.warning(str(action))
     return dg.SkipReason(f"recovered {len(actions)} job(s)")
@@ -133,10 +136,13 @@ def job_cancellations(context: dg.RunStatusSensorContext, job_store: JobStoreRes
     run = context.dagster_run
     if run.job_name not in job_types():
         return
+    if context.instance.get_run_by_id(run.run_id).status != dg.DagsterRunStatus.CANCELED:
+        return  # cancelled, then failed: run monitoring's time limit, an attempt for job_failures
     store = job_store.store()
     record = store.get(job_id_of(run))
-    if record is not None and not record.status.is_final and record.run_id == run.run_id:
-        store.mark_cancelled(record.id)
+    if record is not None and record.run_id == run.run_id:
+        with contextlib.suppress(JobStateError):  # it ended or moved on before the cancellation
+            store.mark_cancelled(record.id, run.run_id)
 
 
 def aggregation_request(run: dg.DagsterRun) -> dg.RunRequest | None:

@@ -180,7 +180,8 @@ def test_stack_restart_keeps_queued_jobs_and_the_retry_due_time(
     assert record.status == JobStatus.FAILED and record.retry_count == 1 and len(record.run_ids) == 2
     (retry,) = [e for e in store.history(failing.id) if e.action == "retry"]
     # At its due time, not before, and promptly (the due_retries sensor looks every 5 s).
-    assert due <= retry.at <= due + timedelta(seconds=15), (due, retry.at)
+    # Not before it was due; after it, within the restart and the sensor's first ticks.
+    assert due <= retry.at <= due + timedelta(seconds=40), (due, retry.at)
 
 
 def test_cli_retry_and_resolution(sqlite_deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from etl_pipelines.framework.queues import UnknownQueueError, check_queue
 from etl_pipelines.framework.registry import job_types
 from etl_pipelines.framework.tags import JOB_ID_TAG, QUEUE_TAG, job_id_of, run_tags
 from etl_pipelines.settings import Settings
-from etl_pipelines.store import JobStatus, JobStore
+from etl_pipelines.store import JobStateError, JobStatus, JobStore
 
 
 class EtlRunCoordinator(dg.QueuedRunCoordinator):
@@ -68,11 +68,21 @@ def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.Dagster
     if missing:
         instance.add_run_tags(run.run_id, missing)
         run = instance.get_run_by_id(run.run_id) or run
-    if run.run_id not in record.run_ids or record.status != JobStatus.QUEUED:
-        reason = None
-        if run.parent_run_id:
-            reason = f"re-execution of run {run.parent_run_id}"
-        store.mark_queued(
-            job_id, run.run_id, payload=payload, reason=reason, new_round=record.status.is_final
-        )
+    if run.run_id not in record.run_ids:
+        # Another run of an existing job (a retry, recovery, a UI re-execution): it takes the job
+        # only from the run it re-executes, and never while an attempt runs.
+        parent = run.parent_run_id
+        try:
+            store.mark_queued(
+                job_id,
+                run.run_id,
+                payload=payload,
+                parent_run_id=parent,
+                expect=[status for status in JobStatus if status != JobStatus.STARTED],
+                reason=f"re-execution of run {parent}" if parent else None,
+            )
+        except JobStateError as exc:
+            message = f"not queued: {exc} (re-execute the job's latest run once it has ended)"
+            instance.report_run_failed(run, message=message)
+            return instance.get_run_by_id(run.run_id) or run
     return run

@@ -80,10 +80,12 @@ def dispatch(job_type: str | type[BaseJob], *, queue: str | None = None, **param
     try:
         submitter.submit(job_cls.job_type(), run_config, tags, run_id=job_id)
     except BaseException:
-        # Never queued: leave no record claiming it was, and no half-made run.
-        store.delete(job_id)
+        # Never queued: leave no record claiming it was, and no half-made run. (Unless recovery
+        # found the record and submitted its run meanwhile: then the job lives on.)
         run = instance.get_run_by_id(job_id)
-        if run is not None and run.status == dg.DagsterRunStatus.NOT_STARTED:
-            instance.delete_run(job_id)
+        if run is None or run.status == dg.DagsterRunStatus.NOT_STARTED:
+            if run is not None:
+                instance.delete_run(job_id)
+            store.delete(job_id)
         raise
     return JobHandle(id=job_id, job_type=job_cls.job_type(), queue=queue, database_url=settings.database_url)

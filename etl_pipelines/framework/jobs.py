@@ -68,6 +68,7 @@ class Heartbeat:
 
     def __init__(self, store: JobStore, job_id: str, run_id: str, interval: float):
         self._beat = functools.partial(store.heartbeat, job_id, run_id)
+        self._job_id = job_id
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
@@ -75,7 +76,12 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self._beat()
+                if not self._beat():
+                    # Recovery judged this attempt lost and moved the job on: our outcome will be
+                    # refused (JobStateError), the job's record stays what recovery decided.
+                    logger.warning(
+                        "job %s is no longer on this run; its outcome will not be recorded", self._job_id
+                    )
             except Exception:  # a missed beat is retried at the next interval
                 logger.warning("heartbeat of a running job failed", exc_info=True)
 
@@ -136,7 +142,11 @@ def run_job(
     except NonRetryableError as exc:
         # Bad parameters or a failed check do not get better by waiting: fail at once.
         store.mark_failed(
-            job_id, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(), expect=ATTEMPT
+            job_id,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+            expect=ATTEMPT,
+            expect_run_id=run.run_id,
         )
         raise
     except Exception as exc:
@@ -153,15 +163,18 @@ def run_job(
                 next_retry_at=due,
                 reason=f"attempt {retry_number + 1} of {len(delays) + 1} failed: {error}",
                 expect=ATTEMPT,
+                expect_run_id=run.run_id,
             )
             context.log.warning(
                 f"attempt {retry_number + 1} of {len(delays) + 1} failed ({error}); "
                 f"retry {retry_number + 1} due in {wait:g} s at {due:%Y-%m-%d %H:%M:%S} UTC"
             )
             raise
-        store.mark_failed(job_id, error=error, traceback=traceback.format_exc(), expect=ATTEMPT)
+        store.mark_failed(
+            job_id, error=error, traceback=traceback.format_exc(), expect=ATTEMPT, expect_run_id=run.run_id
+        )
         raise
-    store.mark_completed(job_id, result, expect=ATTEMPT)
+    store.mark_completed(job_id, result, expect=ATTEMPT, expect_run_id=run.run_id)
     context.add_output_metadata(
         {"job_id": job_id, "result": result_metadata(result), **job.result_metadata(result)}
     )

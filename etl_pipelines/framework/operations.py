@@ -8,10 +8,12 @@ recovery) never start the same retry twice.
 """
 
 import logging
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import dagster as dg
+import redis
 
 from etl_pipelines.framework.registry import get_job_type
 from etl_pipelines.framework.tags import JOB_ID_TAG, run_tags
@@ -49,10 +51,15 @@ def attempt_failed(store: JobStore, record: JobRecord, error: str, settings: Set
             traceback=None,
             next_retry_at=due,
             expect=[JobStatus.QUEUED, JobStatus.STARTED],
+            expect_run_id=record.run_id,
             reason=f"attempt {attempt + 1} of {len(delays) + 1} failed: {error}",
         )
     return store.mark_failed(
-        record.id, error=error, traceback=None, expect=[JobStatus.QUEUED, JobStatus.STARTED]
+        record.id,
+        error=error,
+        traceback=None,
+        expect=[JobStatus.QUEUED, JobStatus.STARTED],
+        expect_run_id=record.run_id,
     )
 
 
@@ -150,12 +157,8 @@ def run_due_retries(
 
 
 def _age(since: datetime | None) -> float:
-    """Seconds since `since` (Dagster's run timestamps are naive UTC); infinite for None."""
-    if since is None:
-        return float("inf")
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
-    return (utcnow() - since).total_seconds()
+    """Seconds since a job-table timestamp (timezone-aware UTC); infinite for None."""
+    return float("inf") if since is None else (utcnow() - since).total_seconds()
 
 
 def _broker_check(instance: dg.DagsterInstance):
@@ -167,11 +170,12 @@ def recover(
     instance: dg.DagsterInstance,
     store: JobStore,
     settings: Settings,
-    since: timedelta = timedelta(hours=24),
+    since: timedelta | None = None,
     dry_run: bool = False,
 ) -> list[Action]:
-    """Check every job queued, started or waiting to retry (changed within `since`) against Dagster's
-    run storage and the broker; queue again what lost its work, leave alone what is queued or running.
+    """Check every job queued, started or waiting to retry (changed within `since`, or all) against
+    Dagster's run storage and the broker; queue again what lost its work, leave alone what is
+    queued or running.
 
     - waiting_retry: the due_retries sensor starts it when due; nothing to do.
     - queued, no run (the dispatcher died after saving the record) or a run created but never
@@ -181,27 +185,35 @@ def recover(
       The op never ran, so this costs no attempt.
     - started, heartbeat older than 3 x ETL_HEARTBEAT_SECONDS (the worker was killed): the run is
       failed and the attempt counts as failed: the job waits for its next retry, or fails.
-    Anything younger than ETL_RECOVERY_GRACE_SECONDS is left alone: it may be mid-hand-over.
+    Anything younger than ETL_RECOVERY_GRACE_SECONDS is left alone: it may be mid-hand-over. Each
+    repair first claims the job as it was seen, so two recoverers (the sensor and `etl-jobs
+    recover`) or a worker starting it meanwhile never lead to two runs.
     """
     actions: list[Action] = []
     grace = settings.recovery_grace_seconds
     in_broker = _broker_check(instance)
-    records = store.unfinished(since=utcnow() - since)
+    records = store.unfinished(since=None if since is None else utcnow() - since)
     run_records = _run_records(instance, [r.run_id for r in records if r.run_id])
     for record in records:
         run_record = run_records.get(record.run_id) if record.run_id else None
-        run = run_record.dagster_run if run_record is not None else None
-        verdict = _diagnose(record, run_record, grace, settings, in_broker)
-        if verdict is None:
-            continue
-        kind, detail = verdict
-        if dry_run:
-            actions.append(Action(record.id, f"would {kind}", detail))
-            continue
         try:
+            verdict = _diagnose(instance, record, run_record, grace, settings, in_broker)
+            if verdict is None:
+                continue
+            kind, detail = verdict
+            if dry_run:
+                actions.append(Action(record.id, f"would {kind}", detail))
+                continue
+            store.claim_recovery(record, detail)
+            run = run_record.dagster_run if run_record is not None else None
             actions.append(_repair(instance, store, settings, record, run, kind, detail))
         except JobStateError:
             continue  # it moved on while we looked: a worker started it, a sensor retried it
+        except redis.RedisError:
+            raise  # the broker cannot be asked: nothing is judged lost on a guess
+        except Exception as exc:  # one bad record must not stop the recovery of the others
+            logger.exception("recovery of job %s failed", record.id)
+            actions.append(Action(record.id, "error", f"{type(exc).__name__}: {exc}"))
     return actions
 
 
@@ -214,7 +226,9 @@ def _run_records(instance: dg.DagsterInstance, run_ids: list[str], chunk: int = 
     return found
 
 
-def _diagnose(record: JobRecord, run_record, grace: float, settings: Settings, in_broker):
+def _diagnose(
+    instance: dg.DagsterInstance, record: JobRecord, run_record, grace: float, settings: Settings, in_broker
+):
     """(what to do, why) for a job whose work is lost, or None if it is fine."""
     if record.status == JobStatus.WAITING_RETRY:
         return None
@@ -224,19 +238,19 @@ def _diagnose(record: JobRecord, run_record, grace: float, settings: Settings, i
         if run_record is None:
             return "submit", "its run was never created"
         run = run_record.dagster_run
-        since_change = _age(run_record.update_timestamp)
         if run.status == dg.DagsterRunStatus.NOT_STARTED:
             return "submit", f"run {run.run_id} was created but never queued"
         if (
             run.status == dg.DagsterRunStatus.STARTING
-            and since_change > grace
+            and _seconds_since(_starting_at(instance, run.run_id)) > grace
             and in_broker is not None
             and not in_broker(run)
         ):
             return "requeue", f"run {run.run_id} was sent to Celery but its task is gone"
-        if run.status == dg.DagsterRunStatus.STARTED and since_change > grace:
-            return "requeue", f"run {run.run_id} started {since_change:.0f} s ago but its op never did"
-        if run.status == dg.DagsterRunStatus.FAILURE and since_change > grace:
+        if run.status == dg.DagsterRunStatus.STARTED and _seconds_since(run_record.start_time) > grace:
+            started = _seconds_since(run_record.start_time)
+            return "requeue", f"run {run.run_id} started {started:.0f} s ago but its op never did"
+        if run.status == dg.DagsterRunStatus.FAILURE and _seconds_since(run_record.end_time) > grace:
             return "fail_attempt", f"run {run.run_id} failed before its op started"
         return None
     # Started: the op runs somewhere, and beats.
@@ -244,6 +258,17 @@ def _diagnose(record: JobRecord, run_record, grace: float, settings: Settings, i
         beat = f"{record.heartbeat_at:%H:%M:%S} UTC" if record.heartbeat_at else "never"
         return "fail_attempt", f"no heartbeat from its worker since {beat} (run {record.run_id})"
     return None
+
+
+def _seconds_since(timestamp: float | None) -> float:
+    """Seconds since a Unix timestamp (Dagster's run start/end and event times; no time zones)."""
+    return float("inf") if timestamp is None else time.time() - timestamp
+
+
+def _starting_at(instance: dg.DagsterInstance, run_id: str) -> float | None:
+    """When the run was launched: its latest RUN_STARTING event."""
+    events = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_STARTING)
+    return max((event.timestamp for event in events), default=None)
 
 
 def _repair(

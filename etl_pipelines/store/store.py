@@ -1,6 +1,6 @@
 """Reads and writes of the job table. Every status change goes through here."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +12,8 @@ from etl_pipelines.store.models import Base, JobEvent, JobRecord, JobStatus, utc
 
 # The actor of what the system does by itself; people are recorded by OS user or --actor.
 SYSTEM_ACTOR = "etl_pipelines"
+# `expect_run_id` default: any run (None is a value: a job with no run yet).
+ANY_RUN = object()
 
 _schema_ready: set[str] = set()
 
@@ -128,32 +130,57 @@ class JobStore:
         action: str,
         *,
         expect: Iterable[JobStatus] | None = None,
+        expect_run_id: Any = ANY_RUN,
+        unchanged_since: datetime | None = None,
         actor: str = SYSTEM_ACTOR,
         reason: str | None = None,
+        changes: Callable[[JobRecord], dict[str, Any]] | None = None,
         **values: Any,
     ) -> JobRecord:
         """Change the record and append the change to its audit trail, in one transaction.
 
-        With `expect`, the change happens only if the status is one of those (JobStateError
-        otherwise, and nothing changes): the check and the write are one locked step.
+        With `expect` (statuses) and/or `expect_run_id` (the run the job must be on), the change
+        happens only if the record still matches (JobStateError otherwise, and nothing changes): the
+        check and the write are one locked step. `changes(record)` computes values from the record
+        as it is under the lock.
         """
         with self._session() as session, session.begin():
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None:
                 raise JobNotFoundError(f"no job with id {job_id!r}")
-            before = record.status
+            conditions = []
             if expect is not None:
                 expected = set(expect)
+                conditions.append(JobRecord.status.in_(expected))
+            if expect_run_id is not ANY_RUN:
+                conditions.append(JobRecord.run_id == expect_run_id)
+            if unchanged_since is not None:
+                conditions.append(JobRecord.updated_at == unchanged_since)
+            if conditions:
                 # A conditional UPDATE makes the check atomic on SQLite too, which has no row locks.
                 changed = session.execute(
                     sa.update(JobRecord)
-                    .where(JobRecord.id == job_id, JobRecord.status.in_(expected))
+                    .where(JobRecord.id == job_id, *conditions)
                     .values(updated_at=utcnow())
                     .execution_options(synchronize_session=False)
                 ).rowcount
                 if changed != 1:
-                    wanted = " or ".join(sorted(status.value for status in expected))
-                    raise JobStateError(f"job {job_id} is {before.value}, not {wanted}")
+                    session.refresh(record)
+                    wanted = []
+                    if expect is not None:
+                        wanted.append(" or ".join(sorted(status.value for status in expected)))
+                    if expect_run_id is not ANY_RUN:
+                        wanted.append(f"on run {expect_run_id}")
+                    if unchanged_since is not None:
+                        wanted.append(f"unchanged since {unchanged_since.isoformat()}")
+                    state = record.status.value
+                    if expect_run_id is not ANY_RUN:
+                        state += f" on run {record.run_id}"
+                    raise JobStateError(f"job {job_id} is {state}, not {' '.join(wanted)}")
+                session.refresh(record)  # as it is now that we hold the write
+            before = record.status
+            if changes is not None:
+                values = {**changes(record), **values}
             for key, value in values.items():
                 setattr(record, key, value)
             record.updated_at = utcnow()
@@ -166,49 +193,63 @@ class JobStore:
         run_id: str,
         payload: dict[str, Any] | None = None,
         *,
+        parent_run_id: str | None = None,
+        expect: Iterable[JobStatus] | None = None,
         actor: str = SYSTEM_ACTOR,
         reason: str | None = None,
-        new_round: bool = False,
     ) -> JobRecord:
         """A new run of the job was submitted (a re-execution appends to run_ids).
 
-        `new_round`: a finished job run again (UI re-execution) gets its whole retry schedule again.
+        With `parent_run_id` the job must still be on that run (the run re-executed), so of two
+        re-executions of one run only the first takes the job. A finished job run again (a UI
+        re-execution) gets its whole retry schedule again.
         """
+
+        def changes(record: JobRecord) -> dict[str, Any]:
+            values: dict[str, Any] = {
+                "run_ids": [*record.run_ids, run_id],
+                "run_id": run_id,
+                "status": JobStatus.QUEUED,
+                "queued_at": record.queued_at if record.status == JobStatus.QUEUED else utcnow(),
+                # A new run starts from a clean slate: the last outcome no longer describes it.
+                "result": None,
+                "error": None,
+                "traceback": None,
+                "finished_at": None,
+                "next_retry_at": None,
+                "alerted_at": None,
+                "heartbeat_at": None,
+            }
+            if payload is not None:
+                values["payload"] = payload
+            if record.status.is_final:
+                values["retry_count"] = 0
+            return values
+
         record = self.require(job_id)
         if run_id in record.run_ids:
             return record
-        values: dict[str, Any] = {
-            "run_ids": [*record.run_ids, run_id],
-            "run_id": run_id,
-            "status": JobStatus.QUEUED,
-            "queued_at": record.queued_at if record.status == JobStatus.QUEUED else utcnow(),
-            # A new run starts from a clean slate: the last outcome no longer describes it.
-            "result": None,
-            "error": None,
-            "traceback": None,
-            "finished_at": None,
-            "next_retry_at": None,
-            "alerted_at": None,
-            "heartbeat_at": None,
-        }
-        if payload is not None:
-            values["payload"] = payload
-        if new_round:
-            values["retry_count"] = 0
-        return self._transition(job_id, "run_queued", actor=actor, reason=reason, **values)
+        return self._transition(
+            job_id,
+            "run_queued",
+            expect=expect,
+            expect_run_id=parent_run_id if parent_run_id is not None else ANY_RUN,
+            actor=actor,
+            reason=reason,
+            changes=changes,
+        )
 
     def mark_started(self, job_id: str, run_id: str) -> JobRecord:
-        """An attempt began in run `run_id`."""
-        record = self.require(job_id)
+        """An attempt began in run `run_id`, which must be the job's queued run (else JobStateError)."""
         now = utcnow()
         return self._transition(
             job_id,
             "started",
-            run_id=run_id,
-            run_ids=record.run_ids if run_id in record.run_ids else [*record.run_ids, run_id],
+            expect=[JobStatus.QUEUED],
+            expect_run_id=run_id,
+            changes=lambda record: {"started_at": record.started_at or now},
             status=JobStatus.STARTED,
             next_retry_at=None,
-            started_at=record.started_at or now,
             finished_at=None,
             heartbeat_at=now,
         )
@@ -220,7 +261,8 @@ class JobStore:
                 sa.update(JobRecord)
                 .where(JobRecord.id == job_id, JobRecord.run_id == run_id)
                 .where(JobRecord.status == JobStatus.STARTED)
-                .values(heartbeat_at=utcnow())
+                # updated_at stays: a beat is not a change of the job (recovery's grace reads it).
+                .values(heartbeat_at=utcnow(), updated_at=JobRecord.updated_at)
                 .execution_options(synchronize_session=False)
             ).rowcount
         return changed == 1
@@ -233,6 +275,7 @@ class JobStore:
         traceback: str | None,
         next_retry_at: datetime,
         expect: Iterable[JobStatus] | None = None,
+        expect_run_id: Any = ANY_RUN,
         reason: str | None = None,
     ) -> JobRecord:
         """An attempt failed and another is due at `next_retry_at`."""
@@ -240,6 +283,7 @@ class JobStore:
             job_id,
             "waiting_retry",
             expect=expect,
+            expect_run_id=expect_run_id,
             reason=reason or error,
             status=JobStatus.WAITING_RETRY,
             error=error,
@@ -281,6 +325,7 @@ class JobStore:
         result: Any,
         *,
         expect: Iterable[JobStatus] | None = None,
+        expect_run_id: Any = ANY_RUN,
         actor: str = SYSTEM_ACTOR,
         reason: str | None = None,
         action: str = "completed",
@@ -290,6 +335,7 @@ class JobStore:
             job_id,
             action,
             expect=expect,
+            expect_run_id=expect_run_id,
             actor=actor,
             reason=reason,
             status=JobStatus.COMPLETED,
@@ -308,6 +354,7 @@ class JobStore:
         error: str,
         traceback: str | None,
         expect: Iterable[JobStatus] | None = None,
+        expect_run_id: Any = ANY_RUN,
         actor: str = SYSTEM_ACTOR,
         action: str = "failed",
     ) -> JobRecord:
@@ -316,6 +363,7 @@ class JobStore:
             job_id,
             action,
             expect=expect,
+            expect_run_id=expect_run_id,
             actor=actor,
             reason=error,
             status=JobStatus.FAILED,
@@ -326,16 +374,30 @@ class JobStore:
             finished_at=utcnow(),
         )
 
-    def mark_cancelled(self, job_id: str, *, reason: str | None = None) -> JobRecord:
-        """The job's run was cancelled before it ended."""
+    def mark_cancelled(self, job_id: str, run_id: str, *, reason: str | None = None) -> JobRecord:
+        """The job's run `run_id` was cancelled before it ended (JobStateError if the job moved on)."""
         return self._transition(
             job_id,
             "cancelled",
+            expect=[JobStatus.QUEUED, JobStatus.STARTED],
+            expect_run_id=run_id,
             reason=reason,
             status=JobStatus.CANCELLED,
             next_retry_at=None,
             heartbeat_at=None,
             finished_at=utcnow(),
+        )
+
+    def claim_recovery(self, seen: JobRecord, reason: str) -> JobRecord:
+        """Take a job recovery found lost, as it was seen: JobStateError if anything changed since
+        (its worker started it, another recoverer or a sensor got there first)."""
+        return self._transition(
+            seen.id,
+            "recovering",
+            expect=[seen.status],
+            expect_run_id=seen.run_id,
+            unchanged_since=seen.updated_at,
+            reason=reason,
         )
 
     def record_event(
@@ -365,14 +427,15 @@ class JobStore:
         with self._session() as session:
             return session.scalars(query).all()
 
-    def unfinished(self, since: datetime) -> Sequence[JobRecord]:
-        """Jobs queued, started or waiting to retry, changed since `since` (recovery's work list)."""
+    def unfinished(self, since: datetime | None = None) -> Sequence[JobRecord]:
+        """Jobs queued, started or waiting to retry (changed since `since`): recovery's work list."""
         query = (
             sa.select(JobRecord)
             .where(JobRecord.status.in_([JobStatus.QUEUED, JobStatus.STARTED, JobStatus.WAITING_RETRY]))
-            .where(JobRecord.updated_at >= since)
             .order_by(JobRecord.created_at)
         )
+        if since is not None:
+            query = query.where(JobRecord.updated_at >= since)
         with self._session() as session:
             return session.scalars(query).all()
 

@@ -94,7 +94,8 @@ def test_failed_job_retries_on_schedule_then_fails(deployment: Deployment) -> No
     assert len(failures) == len(retries) == 3
     for failed_at, retried_at, delay in zip(failures, retries, (1, 2, 3), strict=True):
         waited = (retried_at - failed_at).total_seconds()
-        assert delay <= waited <= delay + 12, (delay, waited)
+        # `waited` starts a few ms after the due time was computed: allow that much early.
+        assert delay - 0.5 <= waited <= delay + 12, (delay, waited)
 
 
 def test_run_queue_priority(pg_deployment: Deployment) -> None:

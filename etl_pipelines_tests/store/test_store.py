@@ -1,7 +1,9 @@
 """The job table on SQLite and PostgreSQL: lifecycle, filters, timestamps, JSON."""
 
 import itertools
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -162,14 +164,52 @@ def test_checked_transitions_change_nothing_when_refused(store: JobStore) -> Non
 
 
 def test_claim_is_taken_once(store: JobStore) -> None:
-    """Two claimers of one due retry: exactly one wins (the due_retries sensor vs retry-job)."""
+    """Many concurrent claimers of one due retry (due_retries sensor, retry-job): exactly one wins."""
     new(store, "c1")
     store.mark_waiting_retry("c1", error="E", traceback=None, next_retry_at=datetime.now(UTC))
     assert [r.id for r in store.due_retries(datetime.now(UTC) + timedelta(seconds=1))] == ["c1"]
-    store.claim_retry("c1", expect=[JobStatus.WAITING_RETRY], retry_count=1)
-    with pytest.raises(JobStateError):
-        store.claim_retry("c1", expect=[JobStatus.WAITING_RETRY], retry_count=1)
+    barrier = threading.Barrier(6)
+
+    def claim() -> str:
+        barrier.wait()
+        try:
+            store.claim_retry("c1", expect=[JobStatus.WAITING_RETRY], retry_count=1)
+        except JobStateError:
+            return "refused"
+        except sa.exc.OperationalError as exc:  # SQLite: "database is locked", nothing written
+            assert "locked" in str(exc)
+            return "refused"
+        return "won"
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(lambda _: claim(), range(6)))
+    assert outcomes.count("won") == 1, outcomes
+    assert [e.action for e in store.history("c1")].count("retry") == 1
     assert store.due_retries(datetime.now(UTC) + timedelta(seconds=1)) == []
+
+
+def test_transitions_check_the_run(store: JobStore) -> None:
+    """An attempt starts only on the job's queued run; a re-execution takes the job only from the
+    run it re-executes; recovery's claim fails if the job changed since it looked."""
+    new(store, "r1")
+    with pytest.raises(JobStateError, match="job r1 is queued on run r1, not queued on run other"):
+        store.mark_started("r1", "other")
+    store.mark_started("r1", "r1")
+    store.mark_failed("r1", error="E", traceback=None)
+    store.mark_queued("r1", "r2", parent_run_id="r1")
+    with pytest.raises(JobStateError):  # a second re-execution of the same run
+        store.mark_queued("r1", "r3", parent_run_id="r1")
+    assert store.require("r1").run_ids == ["r1", "r2"]
+    seen = store.require("r1")
+    store.claim_recovery(seen, "lost")
+    with pytest.raises(JobStateError):  # another recoverer with the same snapshot
+        store.claim_recovery(seen, "lost")
+    store.mark_started("r1", "r2")
+    with pytest.raises(JobStateError):  # the superseded run's outcome is refused
+        store.mark_completed("r1", 1, expect=[JobStatus.STARTED], expect_run_id="r1")
+    with pytest.raises(JobStateError):
+        store.mark_cancelled("r1", "r1")
+    assert store.mark_cancelled("r1", "r2").status == JobStatus.CANCELLED
 
 
 def test_heartbeat_only_for_the_running_attempt(store: JobStore) -> None:
