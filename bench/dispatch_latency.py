@@ -28,6 +28,10 @@ What is measured
     Temporary homes and the benchmark database are removed afterwards (DROP DATABASE ... WITH
     (FORCE)), also on errors and Ctrl-C.
 
+    Code: by default a `git archive` copy of HEAD's etl_pipelines/ and dagster.yaml (bench/snapshot.py)
+    is first on the processes' PYTHONPATH and their working directory, so edits to the working
+    tree during a run do not mix into it; `--code worktree` measures the working tree.
+
 How to run (from the repository root)
     .venv/bin/python bench/dispatch_latency.py                  # both configurations, N = 1000
     .venv/bin/python bench/dispatch_latency.py --count 200 --json
@@ -61,11 +65,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from common import REPO, clean_env, environment_info, percentile
+from common import clean_env, environment_info, percentile
+from snapshot import Code, code_snapshot
 
 SCRIPT = Path(__file__).resolve()
-EMBEDDED_YAML = REPO / "etl_pipelines" / "embedded_dagster.yaml"
-PRODUCTION_YAML = REPO / "dagster.yaml"
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 CONFIGS = ("sqlite", "postgres")
 # Dispatch parameters: the trivial CPU-only job.
@@ -188,6 +191,9 @@ def run_worker(
     samples, cpu, wall = _timed_calls(insert, insert_count)
     result["insert"] = summarise(samples, cpu, wall)
     result["database_backend"] = url.split(":", 1)[0]
+    import etl_pipelines
+
+    result["etl_pipelines_imported_from"] = str(Path(etl_pipelines.__file__).parent)
     return result
 
 
@@ -244,7 +250,7 @@ def temporary_database(admin_url: str) -> Iterator[str]:
 
 
 def _run_worker_process(
-    config: str, env: dict[str, str], args: argparse.Namespace, setup: bool
+    config: str, env: dict[str, str], args: argparse.Namespace, setup: bool, cwd: Path
 ) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -263,7 +269,7 @@ def _run_worker_process(
         if args.profile_out:
             # One file per configuration: <path>.<config>.prof
             cmd += ["--profile-out", str(Path(args.profile_out).absolute()) + f".{config}.prof"]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         raise RuntimeError(f"{config} worker{' (setup)' if setup else ''} exited {proc.returncode}")
@@ -271,24 +277,27 @@ def _run_worker_process(
     return json.loads(lines[-1])
 
 
-def run_config(config: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_config(config: str, args: argparse.Namespace, code: Code) -> dict[str, Any]:
     """Set up `config`'s deployment, run the setup and measured workers, clean up."""
     env = clean_env()
+    if code.root is not None:
+        env["PYTHONPATH"] = code.pythonpath()
     with contextlib.ExitStack() as stack:
         if config == "sqlite":
-            home = stack.enter_context(temporary_home("etl_bench_sqlite_", EMBEDDED_YAML))
+            embedded = code.cwd / "etl_pipelines" / "embedded_dagster.yaml"
+            home = stack.enter_context(temporary_home("etl_bench_sqlite_", embedded))
         else:
             url = stack.enter_context(temporary_database(args.pg_admin_url))
-            home = stack.enter_context(temporary_home("etl_bench_pg_", PRODUCTION_YAML))
+            home = stack.enter_context(temporary_home("etl_bench_pg_", code.dagster_yaml))
             env["ETL_DATABASE_URL"] = url
         env["DAGSTER_HOME"] = str(home)
         print(f"[{config}] schema setup (one dispatch in a throw-away process) ...", file=sys.stderr)
-        setup = _run_worker_process(config, env, args, setup=True)
+        setup = _run_worker_process(config, env, args, setup=True, cwd=code.cwd)
         print(
             f"[{config}] measuring: cold + {args.count} dispatches, {args.insert_count} inserts ...",
             file=sys.stderr,
         )
-        result = _run_worker_process(config, env, args, setup=False)
+        result = _run_worker_process(config, env, args, setup=False, cwd=code.cwd)
         result["setup_s"] = setup["setup_s"]
         return result
 
@@ -373,6 +382,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="PATH",
         help="with --profile: also save the pstats data as PATH.<config>.prof (for pstats/snakeviz)",
     )
+    parser.add_argument(
+        "--code",
+        default="HEAD",
+        help="git ref whose etl_pipelines/ and dagster.yaml are measured (a `git archive` copy), "
+        "or 'worktree' (default %(default)s)",
+    )
     # Internal: the subprocess side.
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--setup", action="store_true", help=argparse.SUPPRESS)
@@ -395,7 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configs = [c for c in CONFIGS if not args.only or c in args.only]
     environment = environment_info(("dagster", "sqlalchemy"))
-    results = [run_config(config, args) for config in configs]
+    with code_snapshot(args.code) as code:
+        environment["commit"] = code.commit
+        results = [run_config(config, args, code) for config in configs]
     environment["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     report = {
         "environment": environment,
