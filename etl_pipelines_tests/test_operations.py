@@ -87,16 +87,27 @@ def test_redis_flush_loses_nothing_and_runs_nothing_twice(
 
 def flush_and_recover(deployment: Deployment, store: JobStore, redis_url: str, redis_prefix: str) -> None:
     with deployment.daemon(workers=0), deployment.worker(concurrency=2):
-        running = [SlowQuery.dispatch(duration=6, queue="high") for _ in range(2)]
+        # Long enough to keep both slots busy through the flush and the recovery, even under load.
+        running = [SlowQuery.dispatch(duration=20, queue="high") for _ in range(2)]
         poll(lambda: all(h.status() == JobStatus.STARTED for h in running), 60, 0.2, "2 slow jobs to start")
         queued = [Fibonacci.dispatch(n=5) for _ in range(20)]
         # Both slots busy: the daemon lets 4 runs into Celery (6 - 2), where they wait for a slot.
-        poll(lambda: len(runs_in(dg.DagsterRunStatus.STARTING)) == 4, 60, 0.2, "4 runs waiting in Celery")
-
         client = redis.Redis.from_url(redis_url)
+        poll(
+            lambda: (
+                len(runs_in(dg.DagsterRunStatus.STARTING)) == 4 and client.llen(f"{redis_prefix}low") == 4
+            ),
+            60,
+            0.2,
+            "4 runs waiting in Celery",
+        )
+
         keys = list(client.scan_iter(match=f"{redis_prefix}*"))
         assert any(key.decode().endswith(":low") for key in keys), keys
-        client.delete(*keys)  # the broker loses the 4 waiting tasks (and its result backend)
+        # The tasks waiting in Celery now are the ones the broker is about to lose.
+        waiting = {json.loads(raw)["headers"]["id"] for raw in client.lrange(f"{redis_prefix}low", 0, -1)}
+        client.delete(*keys)  # the broker loses the waiting tasks (and its result backend)
+        assert len(waiting) == 4, waiting
 
         recovered: list[str] = []
         outputs: list[str] = []
@@ -106,7 +117,7 @@ def flush_and_recover(deployment: Deployment, store: JobStore, redis_url: str, r
             assert result.returncode == 0, result.stderr
             outputs.append(result.stdout + result.stderr)
             recovered.extend(line for line in result.stdout.splitlines() if "requeued" in line)
-            return len(recovered) >= 4
+            return len(recovered) >= len(waiting)
 
         try:
             poll(recover, 90, 1.0, "etl-jobs recover to requeue the 4 lost runs")
@@ -116,12 +127,14 @@ def flush_and_recover(deployment: Deployment, store: JobStore, redis_url: str, r
                 f"{exc}\nrecover printed:\n{''.join(outputs)}\nSTARTING: {starting}"
             ) from None
         assert all("its task is gone" in line for line in recovered), recovered
+        assert {line.split()[0] for line in recovered} == waiting  # job id = first run id here
         wait_for_jobs(store, [h.id for h in running + queued], 240)
 
     for handle in running + queued:
         record = handle.record()
         assert record.status == JobStatus.COMPLETED, record.to_dict()
-        assert op_executions(handle.id, store) == 1, record.run_ids
+        history = [(e.action, e.actor, e.reason) for e in store.history(handle.id)]
+        assert op_executions(handle.id, store) == 1, "\n".join(map(str, [record.run_ids, *history]))
         assert actions(store, handle.id).count("started") == 1
     lost = [h for h in queued if len(h.record().run_ids) == 2]
     assert len(lost) == 4  # each lost job: its failed run and the re-execution that completed

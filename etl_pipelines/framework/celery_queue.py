@@ -160,7 +160,27 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
             return CheckRunHealthResult(WorkerStatus.FAILED, f"Celery task {state}.")
         if state == "STARTED":
             return CheckRunHealthResult(WorkerStatus.RUNNING)
-        return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"Celery task state {state}.")
+        # PENDING: the result backend does not know the task (Redis flushed or failed over while
+        # the run goes on). Dagster's run monitoring fails a run on anything but RUNNING, so ask
+        # the job table: an attempt of this run that still beats is running.
+        if self._attempt_alive(run):
+            return CheckRunHealthResult(WorkerStatus.RUNNING)
+        return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"Celery task state {state}, no heartbeat.")
+
+    def _attempt_alive(self, run: dg.DagsterRun) -> bool:
+        from etl_pipelines.framework.tags import job_id_of
+        from etl_pipelines.store import JobStatus, JobStore
+        from etl_pipelines.store.models import utcnow
+
+        settings = Settings.from_env()
+        record = JobStore(settings.database_url).get(job_id_of(run))
+        if record is None or record.run_id != run.run_id:
+            return False
+        if record.status != JobStatus.STARTED:
+            # Queued: the run is setting up its op (ms); done: the run is finishing.
+            return record.status in (JobStatus.QUEUED, *(s for s in JobStatus if s.is_final))
+        beat = record.heartbeat_at
+        return beat is not None and (utcnow() - beat).total_seconds() < settings.heartbeat_timeout
 
 
 def _task_id(raw: bytes, wrapped: bool = False) -> str | None:
