@@ -85,6 +85,7 @@ from throughput import (
     job_counts,
     proc_stats,
     record_stats,
+    start_group,
     summarise_ms,
     temporary_database,
 )
@@ -177,15 +178,6 @@ def temporary_home(
         yield home
     finally:
         shutil.rmtree(home, ignore_errors=True)
-
-
-def start_group(name: str, argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> Group:
-    """throughput.start_group with a working directory: `python -m` puts it first on sys.path."""
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return Group(name, process, log)
 
 
 def process_kind(pid: int) -> str:

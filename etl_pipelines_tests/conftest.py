@@ -3,6 +3,7 @@
 A test that needs PostgreSQL fails loudly when it is down; it never skips.
 """
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -167,20 +168,36 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
         client.delete(*keys)
 
 
-@pytest.fixture
-def pg_deployment(
-    clean_env: pytest.MonkeyPatch, tmp_path: Path, pg_url: str, redis_url: str, redis_prefix: str
+@contextlib.contextmanager
+def production_deployment(
+    monkeypatch: pytest.MonkeyPatch,
+    home: Path,
+    pg_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    dagster_yaml: str | None = None,
+    **env: str,
 ) -> Iterator[Deployment]:
-    """The repository's production dagster.yaml: PostgreSQL storage, Celery over Redis workers."""
+    """A deployment on the production dagster.yaml (or `dagster_yaml`), its processes stopped after."""
     deployment = make_deployment(
-        clean_env,
-        tmp_path / "dagster_home",
+        monkeypatch,
+        home,
         pg_url,
-        instance_yaml(PRODUCTION_YAML),
+        dagster_yaml or instance_yaml(PRODUCTION_YAML),
         ETL_REDIS_URL=redis_url,
         ETL_REDIS_KEY_PREFIX=redis_prefix,
+        **env,
     )
     try:
         yield deployment
     finally:
         deployment.stop_all()
+
+
+@pytest.fixture
+def pg_deployment(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, pg_url: str, redis_url: str, redis_prefix: str
+) -> Iterator[Deployment]:
+    """The repository's production dagster.yaml: PostgreSQL storage, Celery over Redis workers."""
+    with production_deployment(clean_env, tmp_path / "dagster_home", pg_url, redis_url, redis_prefix) as d:
+        yield d

@@ -16,7 +16,7 @@ from etl_pipelines.jobs.failed_job import FailedJob
 from etl_pipelines.jobs.fibonacci import Fibonacci
 from etl_pipelines.jobs.slow_query import SlowQuery
 from etl_pipelines.store import JobStatus, JobStore
-from etl_pipelines_tests.conftest import PRODUCTION_YAML, make_deployment
+from etl_pipelines_tests.conftest import PRODUCTION_YAML, production_deployment
 from etl_pipelines_tests.harness import REPO, Deployment, graphql, instance_yaml, poll, wait_for_jobs
 
 pytestmark = pytest.mark.e2e
@@ -27,20 +27,17 @@ def ops_deployment(
     clean_env: pytest.MonkeyPatch, tmp_path: Path, pg_url: str, redis_url: str, redis_prefix: str
 ) -> Iterator[Deployment]:
     """Production yaml (PostgreSQL, Celery), fast heartbeats and a short recovery grace."""
-    deployment = make_deployment(
+    with production_deployment(
         clean_env,
         tmp_path / "dagster_home",
         pg_url,
+        redis_url,
+        redis_prefix,
         instance_yaml(PRODUCTION_YAML, max_concurrent_runs=6),
-        ETL_REDIS_URL=redis_url,
-        ETL_REDIS_KEY_PREFIX=redis_prefix,
         ETL_HEARTBEAT_SECONDS="1",
         ETL_RECOVERY_GRACE_SECONDS="3",
-    )
-    try:
+    ) as deployment:
         yield deployment
-    finally:
-        deployment.stop_all()
 
 
 def set_env(deployment: Deployment, monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
