@@ -16,7 +16,7 @@ import os
 import dagster as dg
 from dagster_celery import celery_executor
 
-from etl_pipelines.framework.jobs import build_job
+from etl_pipelines.framework.op import build_job
 from etl_pipelines.jobs.fibonacci import Fibonacci
 from etl_pipelines.resources import JobStoreResource, TargetDatabase
 

@@ -15,7 +15,7 @@ What is measured
        every queued run the way dagster-daemon does (`instance.launch_run`: RUN_STARTING, then
        EtlCeleryRunLauncher sends the Celery task to Redis and writes its engine event; measured
        apart as "launch"), then calls the Celery task's own function
-       `etl_pipelines.framework.celery_queue.execute_run(None, run_id)` for each run: the first
+       `etl_pipelines.framework.celery.task.execute_run(None, run_id)` for each run: the first
        --warmup runs unmeasured (imports, code load), then N runs measured one by one:
        - CPU ms: `time.process_time()` delta of the process (all threads);
        - child CPU ms: `os.times()` children user+system delta (subprocesses the run started
@@ -109,7 +109,7 @@ FUNCTIONS = [
     ("  compute logs: capture_logs (LocalComputeLogManager)", "local_compute_log_manager", "capture_logs"),
     ("    tail + watcher start/stop (execute_posix_tail)", "compute_logs.py", "execute_posix_tail"),
     ("    subprocess spawns (Popen._execute_child)", "subprocess.py", "_execute_child"),
-    ("  the op body: etl_pipelines run_job", "etl_pipelines/framework/jobs.py", "run_job"),
+    ("  the op body: etl_pipelines run_attempt", "etl_pipelines/framework/attempt.py", "run_attempt"),
     ("    job table (JobStore.mark_started)", "etl_pipelines/store", "mark_started"),
     ("    job table (JobStore.mark_completed)", "etl_pipelines/store", "mark_completed"),
     ("    job table (JobStore.ensure)", "etl_pipelines/store", "ensure"),
@@ -224,7 +224,7 @@ def child_variant(name: str, warmup: int, count: int, profile_out: str | None) -
 
     subprocess.Popen._execute_child = counted_execute_child  # type: ignore[attr-defined]
 
-    from etl_pipelines.framework.celery_queue import execute_run
+    from etl_pipelines.framework.celery.task import execute_run
     from etl_pipelines.framework.instance import get_instance
 
     instance = get_instance()

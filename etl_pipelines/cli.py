@@ -20,9 +20,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from etl_pipelines.errors import UnknownJobTypeError, UnknownQueueError
 from etl_pipelines.framework.base import JobInputError
-from etl_pipelines.framework.queues import UnknownQueueError, check_queue
-from etl_pipelines.framework.registry import UnknownJobTypeError, get_job_type, job_types
+from etl_pipelines.framework.registry import get_job_type, job_types
+from etl_pipelines.lifecycle.queues import check_queue
 from etl_pipelines.settings import Settings, SettingsError
 from etl_pipelines.stats import QUANTILES, Stats, queue_stats
 from etl_pipelines.store import JobNotFoundError, JobRecord, JobStateError, JobStatus, JobStore
@@ -329,7 +330,7 @@ def retry_job(
     an automatic retry, queued or running is refused (and left as it is).
     """
     from etl_pipelines.framework.instance import get_instance
-    from etl_pipelines.framework.operations import retry_job as retry
+    from etl_pipelines.framework.retries import queue_retry
 
     if bool(job_id) == retry_all:
         raise click.UsageError("give either --job-id ID or --all")
@@ -360,7 +361,7 @@ def retry_job(
         if number:
             time.sleep(1 / rate)  # throttled: a bulk retry must not flood the queue
         try:
-            after = retry(
+            after = queue_retry(
                 instance,
                 jobs,
                 record.id,
@@ -437,7 +438,7 @@ def recover_jobs(since: str, dry_run: bool) -> None:
     The job_recovery sensor does the same every 30 s while dagster-daemon runs.
     """
     from etl_pipelines.framework.instance import get_instance
-    from etl_pipelines.framework.operations import recover
+    from etl_pipelines.framework.recovery import recover
 
     window = _duration(since)
     settings = Settings.from_env()
@@ -572,7 +573,7 @@ def _queues(value: str | None, settings: Settings) -> list[str]:
 @clear_errors
 def worker(queues: str | None, concurrency: int, name: str | None) -> None:
     """A Celery worker taking runs from the queues strictly in priority order."""
-    from etl_pipelines.framework.celery_queue import make_celery, worker_argv
+    from etl_pipelines.framework.celery.app import make_celery, worker_argv
     from etl_pipelines.framework.instance import ensure_dagster_home
 
     ensure_dagster_home()
@@ -584,7 +585,7 @@ def worker(queues: str | None, concurrency: int, name: str | None) -> None:
 def recover_at_start(settings: Settings) -> None:
     """What the last stack left unfinished gets its work back before anything new starts."""
     from etl_pipelines.framework.instance import get_instance
-    from etl_pipelines.framework.operations import recover
+    from etl_pipelines.framework.recovery import recover
 
     try:
         actions = recover(get_instance(), store(), settings, since=None)

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from etl_pipelines.framework.jobs import build_job
+from etl_pipelines.framework.op import build_job
 from etl_pipelines.framework.registry import job_types
 from etl_pipelines.resources import JobStoreResource, TargetDatabase
 from etl_pipelines.schedules import build_schedules

@@ -10,9 +10,9 @@ from typing import Any
 
 import dagster as dg
 
-from etl_pipelines.framework.jobs import op_name
-from etl_pipelines.framework.queues import QUEUE_TAG
+from etl_pipelines.framework.op import run_config_for
 from etl_pipelines.framework.registry import get_job_type
+from etl_pipelines.framework.tags import QUEUE_TAG
 from etl_pipelines.settings import Settings
 
 NIGHTLY_IMPORT_FILE = "users.csv"
@@ -29,7 +29,7 @@ def run_config(job_type: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run config for `job_type` with `params` (checked against the job type's fields)."""
     job_cls = get_job_type(job_type)
     job_cls.from_params(params)
-    return {"ops": {op_name(job_cls): {"config": params}}}
+    return run_config_for(job_cls, params)
 
 
 def build_schedules(jobs: dict[str, dg.JobDefinition]) -> list[dg.ScheduleDefinition]:

@@ -5,16 +5,15 @@ import contextlib
 import json
 import urllib.request
 from datetime import timedelta
-from typing import Any
 
 import dagster as dg
 
 from etl_pipelines.framework.instance import get_instance
-from etl_pipelines.framework.jobs import op_name
-from etl_pipelines.framework.operations import RECOVERY_PREFIX, attempt_failed, recover, run_due_retries
-from etl_pipelines.framework.queues import QUEUE_TAG
+from etl_pipelines.framework.op import params_of, run_config_for
+from etl_pipelines.framework.recovery import RECOVERY_PREFIX, recover
 from etl_pipelines.framework.registry import get_job_type, job_types
-from etl_pipelines.framework.tags import job_id_of
+from etl_pipelines.framework.retries import attempt_failed, run_due_retries
+from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
 from etl_pipelines.resources import JobStoreResource
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStateError, JobStatus
@@ -147,15 +146,14 @@ def job_cancellations(context: dg.RunStatusSensorContext, job_store: JobStoreRes
 
 def aggregation_request(run: dg.DagsterRun) -> dg.RunRequest | None:
     """The data_aggregation a successful data_import asks for (aggregate_by), if any."""
-    params: dict[str, Any] = run.run_config.get("ops", {}).get(op_name(get_job_type("data_import")), {})
-    params = params.get("config", {})
+    params = params_of(get_job_type("data_import"), run.run_config)
     if not params.get("aggregate_by") or not params.get("aggregate_value"):
         return None
     config = {"table": params["target_table"], "group_by": params["aggregate_by"]}
     config["value_column"] = params["aggregate_value"]
     return dg.RunRequest(
         run_key=run.run_id,  # once per import run, however often the sensor sees it
-        run_config={"ops": {op_name(get_job_type("data_aggregation")): {"config": config}}},
+        run_config=run_config_for(get_job_type("data_aggregation"), config),
         tags={QUEUE_TAG: "medium", "etl/after": run.run_id},
     )
 

@@ -9,7 +9,7 @@ import yaml
 
 from etl_pipelines.definitions import defs
 from etl_pipelines.framework.base import BaseJob
-from etl_pipelines.framework.jobs import op_name
+from etl_pipelines.framework.op import op_name
 from etl_pipelines.framework.registry import job_types
 from etl_pipelines.settings import DEFAULT_QUEUES, Settings
 from etl_pipelines.stack import WORKSPACE_YAML

@@ -11,23 +11,12 @@ import dagster as dg
 import pydantic
 import sqlalchemy as sa
 
+from etl_pipelines.errors import JobInputError
 from etl_pipelines.settings import Settings, parse_delays
 
 if TYPE_CHECKING:
     from etl_pipelines.framework.dispatch import JobHandle
     from etl_pipelines.resources.database import TargetDatabase
-
-
-class NonRetryableError(Exception):
-    """A failure that waiting cannot fix (bad input, a failed check): the job fails at once."""
-
-
-class JobInputError(NonRetryableError, ValueError):
-    """Parameters a job type cannot run with: wrong names, types or identifiers. Never retried."""
-
-
-class JobTimeoutError(TimeoutError):
-    """A statement ran past the job's timeout and PostgreSQL cancelled it."""
 
 
 def snake_case(name: str) -> str:

@@ -8,10 +8,11 @@ the `dagster/priority` the QueuedRunCoordinator sorts by.
 
 import dagster as dg
 
-from etl_pipelines.framework.jobs import op_name
-from etl_pipelines.framework.queues import UnknownQueueError, check_queue
+from etl_pipelines.errors import UnknownQueueError
+from etl_pipelines.framework.op import params_of
 from etl_pipelines.framework.registry import job_types
 from etl_pipelines.framework.tags import JOB_ID_TAG, QUEUE_TAG, job_id_of, run_tags
+from etl_pipelines.lifecycle.queues import check_queue
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobStateError, JobStatus, JobStore
 
@@ -36,7 +37,7 @@ def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.Dagster
     queue = run.tags.get(QUEUE_TAG) or job_cls.queue
     job_id = job_id_of(run)
     store = JobStore(settings.database_url)
-    payload = run.run_config.get("ops", {}).get(op_name(job_cls), {}).get("config", {})
+    payload = params_of(job_cls, run.run_config)
     existing = store.get(job_id)
     if existing is not None and existing.job_type != job_cls.job_type():
         # An etl/job_id tag naming another type's job: never let a run take over its record.

@@ -8,9 +8,10 @@ from typing import Any
 import dagster as dg
 
 from etl_pipelines.framework.base import BaseJob
-from etl_pipelines.framework.queues import check_queue
+from etl_pipelines.framework.op import run_config_for
 from etl_pipelines.framework.registry import get_job_type
 from etl_pipelines.framework.tags import JOB_ID_TAG, run_tags
+from etl_pipelines.lifecycle.queues import check_queue
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStatus, JobStore
 
@@ -43,13 +44,6 @@ class JobHandle:
             time.sleep(poll)
 
 
-def run_config_for(job: BaseJob) -> dict[str, Any]:
-    """The Dagster run config that carries `job`'s parameters to its op."""
-    from etl_pipelines.framework.jobs import op_name
-
-    return {"ops": {op_name(type(job)): {"config": job.model_dump(mode="json")}}}
-
-
 def dispatch(job_type: str | type[BaseJob], *, queue: str | None = None, **params: Any) -> JobHandle:
     """Check the job, save its record as queued, submit its run to Dagster's run queue."""
     from etl_pipelines.framework._dagster_internal import run_submitter
@@ -66,7 +60,7 @@ def dispatch(job_type: str | type[BaseJob], *, queue: str | None = None, **param
     submitter = run_submitter(instance)
     # The job's id is its first run's id; the record exists before the run can start.
     job_id = str(uuid.uuid4())
-    run_config = run_config_for(job)
+    run_config = run_config_for(job_cls, job.model_dump(mode="json"))
     store.create(
         id=job_id,
         job_type=job_cls.job_type(),

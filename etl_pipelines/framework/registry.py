@@ -5,14 +5,11 @@ import importlib
 import inspect
 import pkgutil
 
+from etl_pipelines.errors import UnknownJobTypeError
 from etl_pipelines.framework.base import BaseJob
 
 # dispatch()'s own keyword, and BaseJob's attributes, cannot be parameter names.
 RESERVED_NAMES = {"queue"} | {name for name in dir(BaseJob) if not name.startswith("_")}
-
-
-class UnknownJobTypeError(LookupError):
-    """No job type by that name."""
 
 
 @functools.cache

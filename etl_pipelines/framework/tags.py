@@ -3,9 +3,12 @@
 import dagster as dg
 
 from etl_pipelines.framework.base import BaseJob
-from etl_pipelines.framework.queues import PRIORITY_TAG, QUEUE_TAG, priority
+from etl_pipelines.lifecycle.queues import priority
 from etl_pipelines.settings import Settings
 
+# Dagster's QueuedRunCoordinator dequeues runs by this int tag, highest first, FIFO among equals.
+PRIORITY_TAG = "dagster/priority"
+QUEUE_TAG = "etl/queue"
 JOB_ID_TAG = "etl/job_id"
 JOB_TYPE_TAG = "etl/job_type"
 # The table a job touches; dagster.yaml limits it to one run per unique value.

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from etl_pipelines.framework import BaseJob, JobContext, JobInputError
-from etl_pipelines.framework.identifiers import TableName, check_identifier
+from etl_pipelines.identifiers import TableName, check_identifier
 from etl_pipelines.settings import Settings
 
 

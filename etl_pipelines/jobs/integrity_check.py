@@ -4,9 +4,9 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from pydantic import Field
 
+from etl_pipelines.errors import NonRetryableError
 from etl_pipelines.framework import BaseJob, JobContext, JobInputError
-from etl_pipelines.framework.base import NonRetryableError
-from etl_pipelines.framework.identifiers import TableName, check_identifier
+from etl_pipelines.identifiers import TableName, check_identifier
 from etl_pipelines.settings import Settings
 
 

@@ -5,7 +5,7 @@ from pydantic import Field
 from sqlalchemy.dialects import postgresql, sqlite
 
 from etl_pipelines.framework import BaseJob, JobContext, JobInputError
-from etl_pipelines.framework.identifiers import TableName, check_identifier
+from etl_pipelines.identifiers import TableName, check_identifier
 from etl_pipelines.settings import Settings, SettingsError
 
 

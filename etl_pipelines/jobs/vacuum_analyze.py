@@ -4,7 +4,7 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from etl_pipelines.framework import BaseJob, JobContext
-from etl_pipelines.framework.identifiers import TableName
+from etl_pipelines.identifiers import TableName
 from etl_pipelines.settings import Settings
 
 

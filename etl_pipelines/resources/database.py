@@ -10,7 +10,7 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
-from etl_pipelines.framework.identifiers import check_identifier
+from etl_pipelines.identifiers import check_identifier
 from etl_pipelines.settings import Settings
 from etl_pipelines.store.engine import create_engine
 

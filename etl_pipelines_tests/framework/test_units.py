@@ -4,13 +4,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from etl_pipelines.errors import UnknownJobTypeError, UnknownQueueError
 from etl_pipelines.framework.base import JobInputError, snake_case
-from etl_pipelines.framework.identifiers import IdentifierError, TableName, check_identifier
-from etl_pipelines.framework.queues import UnknownQueueError, check_queue, priority
-from etl_pipelines.framework.registry import UnknownJobTypeError, get_job_type
+from etl_pipelines.framework.registry import get_job_type
+from etl_pipelines.identifiers import IdentifierError, TableName, check_identifier
 from etl_pipelines.jobs.data_aggregation import DataAggregation
 from etl_pipelines.jobs.fibonacci import Fibonacci
 from etl_pipelines.jobs.truncate_table import TruncateTable
+from etl_pipelines.lifecycle.queues import check_queue, priority
 from etl_pipelines.settings import DEFAULT_QUEUES, Settings, SettingsError, parse_delays
 
 

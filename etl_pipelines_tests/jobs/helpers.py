@@ -6,7 +6,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from etl_pipelines.definitions import defs
-from etl_pipelines.framework.dispatch import run_config_for
+from etl_pipelines.framework.op import run_config_for
 from etl_pipelines.framework.registry import get_job_type
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStore
@@ -16,7 +16,7 @@ def execute(job_type: str, **params: Any) -> tuple[JobRecord, dg.ExecuteInProces
     job_cls = get_job_type(job_type)
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def(job_type).execute_in_process(
-            run_config=run_config_for(job_cls.model_construct(**params)),
+            run_config=run_config_for(job_cls, job_cls.model_construct(**params).model_dump(mode="json")),
             instance=instance,
             raise_on_error=False,
         )

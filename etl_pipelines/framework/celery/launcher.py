@@ -9,9 +9,8 @@ per run.
 """
 
 import json
-import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -25,58 +24,11 @@ from etl_pipelines.framework._dagster_internal import (
     LaunchRunContext,
     RunLauncher,
     WorkerStatus,
-    execute_run_here,
 )
-from etl_pipelines.framework.queues import QUEUE_TAG
+from etl_pipelines.framework.celery.app import make_celery
+from etl_pipelines.framework.celery.task import EXECUTE_RUN_TASK
+from etl_pipelines.framework.tags import QUEUE_TAG
 from etl_pipelines.settings import Settings
-
-EXECUTE_RUN_TASK = "etl_pipelines.execute_run"
-logger = logging.getLogger(__name__)
-
-
-def make_celery(settings: Settings) -> Celery:
-    """The Celery app for ETL_REDIS_URL: strict queue order, acknowledged after the run."""
-    url = settings.require_redis()
-    app = Celery("etl_pipelines", broker=url, backend=url, set_as_current=False)
-    transport: dict[str, Any] = {
-        # Pop the worker's queues in the order given (high first), never round-robin.
-        "queue_order_strategy": "priority",
-        # A message unacknowledged this long is redelivered: longer than any run may last.
-        "visibility_timeout": 6 * 3600,
-    }
-    if settings.redis_key_prefix:
-        transport["global_keyprefix"] = settings.redis_key_prefix
-    app.conf.update(
-        broker_transport_options=transport,
-        result_backend_transport_options=dict(transport),
-        broker_connection_retry_on_startup=True,
-        task_acks_late=True,
-        task_track_started=True,
-        worker_prefetch_multiplier=1,
-        worker_hijack_root_logger=False,
-        # Dagster logs to stderr itself; Celery re-logging it as WARNING only doubles the noise.
-        worker_redirect_stdouts=False,
-        result_expires=7 * 24 * 3600,
-        task_default_queue=settings.queues[-1],
-    )
-    app.task(name=EXECUTE_RUN_TASK, bind=True)(execute_run)
-    return app
-
-
-def execute_run(task: Any, run_id: str) -> str:
-    """Celery task: execute a launched run here, once (a redelivered message finds it started)."""
-    from etl_pipelines.framework.instance import get_instance
-
-    instance = get_instance()
-    run = instance.get_run_by_id(run_id)
-    if run is None:
-        logger.warning("run %s does not exist; dropping its task", run_id)
-        return "missing"
-    if run.status != dg.DagsterRunStatus.STARTING:
-        logger.info("run %s is %s, not STARTING; not executing it again", run_id, run.status.value)
-        return f"skipped: {run.status.value}"
-    code = execute_run_here(instance, run_id)
-    return "failure" if code else "success"
 
 
 class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
@@ -192,26 +144,3 @@ def _task_id(raw: bytes, wrapped: bool = False) -> str | None:
         return message["headers"]["id"]
     except (ValueError, KeyError, IndexError, TypeError):
         return None
-
-
-def worker_argv(queues: Sequence[str], concurrency: int, name: str | None) -> list[str]:
-    """Celery worker arguments: the queues in priority order, no prefetch (a busy worker holds nothing)."""
-    argv = [
-        "worker",
-        "--queues",
-        ",".join(queues),
-        "--concurrency",
-        str(concurrency),
-        "--prefetch-multiplier",
-        "1",
-        "--disable-prefetch",
-        "--optimization",
-        "fair",
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel",
-        "INFO",
-    ]
-    if name:
-        argv += ["--hostname", name]
-    return argv

@@ -1,4 +1,4 @@
-"""Turning a BaseJob subclass into a one-op Dagster job, and what that op does when it runs."""
+"""One attempt of a job, as its op runs it: record, heartbeat, handle(), outcome."""
 
 import functools
 import json
@@ -12,8 +12,9 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
-from etl_pipelines.framework.base import BaseJob, JobContext, JobTimeoutError, NonRetryableError
-from etl_pipelines.framework.tags import JOB_TYPE_TAG, QUEUE_TAG, job_id_of
+from etl_pipelines.errors import JobTimeoutError, NonRetryableError
+from etl_pipelines.framework.base import BaseJob, JobContext
+from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
 from etl_pipelines.resources import JobStoreResource, TargetDatabase
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobStatus, JobStore
@@ -24,43 +25,6 @@ logger = logging.getLogger(__name__)
 # The op writes its outcome only while the job is still its attempt: if recovery declared the
 # worker lost meanwhile, that decision stands (JobStateError fails this run instead).
 ATTEMPT = (JobStatus.STARTED,)
-
-
-def build_job(job_cls: type[BaseJob]) -> dg.JobDefinition:
-    """A Dagster job with one op whose typed config is the job type's parameters."""
-    name = job_cls.job_type()
-    description = job_cls.description()
-
-    # The result goes to the job table and the run's metadata; a Nothing output keeps the IO
-    # manager from pickling a copy of it for every run.
-    @dg.op(
-        name=op_name(job_cls),
-        description=description,
-        tags={JOB_TYPE_TAG: name},
-        out=dg.Out(dg.Nothing),
-    )
-    def _op(
-        context: dg.OpExecutionContext,
-        config: job_cls,  # type: ignore[valid-type]  (a class chosen at run time)
-        job_store: JobStoreResource,
-        database: TargetDatabase,
-    ) -> None:
-        run_job(context, config, job_store, database)
-
-    @dg.job(
-        name=name,
-        description=description,
-        tags={JOB_TYPE_TAG: name, QUEUE_TAG: job_cls.queue},
-    )
-    def _job() -> None:
-        _op()
-
-    return _job
-
-
-def op_name(job_cls: type[BaseJob]) -> str:
-    """The op's name (a repository's op and job names must differ): `fibonacci_op`."""
-    return f"{job_cls.job_type()}_op"
 
 
 class Heartbeat:
@@ -94,7 +58,7 @@ class Heartbeat:
         self._thread.join()
 
 
-def run_job(
+def run_attempt(
     context: dg.OpExecutionContext,
     job: BaseJob,
     job_store: JobStoreResource,

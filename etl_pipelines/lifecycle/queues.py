@@ -2,13 +2,7 @@
 
 from collections.abc import Sequence
 
-# Dagster's QueuedRunCoordinator dequeues runs by this int tag, highest first, FIFO among equals.
-PRIORITY_TAG = "dagster/priority"
-QUEUE_TAG = "etl/queue"
-
-
-class UnknownQueueError(ValueError):
-    """A queue name that is not among the configured queues."""
+from etl_pipelines.errors import UnknownQueueError
 
 
 def check_queue(queue: str, queues: Sequence[str]) -> str:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from etl_pipelines.framework.base import JobInputError
+from etl_pipelines.errors import JobInputError
 
 # Plain identifiers only: letters, digits and underscores, not starting with a digit, within
 # PostgreSQL's 63-byte limit. Anything else (quotes, spaces, semicolons) is refused, not escaped.
