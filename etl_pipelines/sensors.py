@@ -12,8 +12,9 @@ from etl_pipelines.framework.instance import get_instance
 from etl_pipelines.framework.op import params_of, run_config_for
 from etl_pipelines.framework.recovery import RECOVERY_PREFIX, recover
 from etl_pipelines.framework.registry import get_job_type, job_types
-from etl_pipelines.framework.retries import attempt_failed, run_due_retries
+from etl_pipelines.framework.retries import run_due_retries, run_failed
 from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
+from etl_pipelines.lifecycle import events
 from etl_pipelines.resources import JobStoreResource
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStateError, JobStatus
@@ -62,13 +63,15 @@ def job_failures(context: dg.RunFailureSensorContext, job_store: JobStoreResourc
     message = context.failure_event.message or "run failed"
     if message.startswith(RECOVERY_PREFIX):
         return
-    ended = context.instance.get_run_record_by_id(run.run_id).end_time
-    if record.status == JobStatus.QUEUED and ended is not None and record.queued_at.timestamp() > ended:
+    run_record = context.instance.get_run_record_by_id(run.run_id)
+    ended = run_record.end_time if run_record is not None else None
+    queued_at = record.queued_at
+    if record.status == JobStatus.QUEUED and ended and queued_at and queued_at.timestamp() > ended:
         return  # queued again (a retry claimed it) after this failure: the failure is behind it
     context.log.info(f"job {record.id}: run {run.run_id} failed outside its op: {message}")
     # JobStateError: recovery or the op got there first.
     with contextlib.suppress(JobStateError):
-        attempt_failed(store, record, f"RunFailure: {message}", Settings.from_env())
+        run_failed(store, record, f"RunFailure: {message}", Settings.from_env())
 
 
 @dg.sensor(
@@ -79,7 +82,7 @@ def job_failures(context: dg.RunFailureSensorContext, job_store: JobStoreResourc
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def due_retries(context: dg.SensorEvaluationContext, job_store: JobStoreResource) -> dg.SkipReason:
-    actions = run_due_retries(get_instance(), job_store.store())
+    actions = run_due_retries(get_instance(), job_store.store(), Settings.from_env())
     for action in actions:
         context.log.info(str(action))
     return dg.SkipReason(f"queued {sum(a.action == 'retried' for a in actions)} retr(y/ies)")
@@ -135,13 +138,14 @@ def job_cancellations(context: dg.RunStatusSensorContext, job_store: JobStoreRes
     run = context.dagster_run
     if run.job_name not in job_types():
         return
-    if context.instance.get_run_by_id(run.run_id).status != dg.DagsterRunStatus.CANCELED:
+    latest = context.instance.get_run_by_id(run.run_id)
+    if latest is None or latest.status != dg.DagsterRunStatus.CANCELED:
         return  # cancelled, then failed: run monitoring's time limit, an attempt for job_failures
     store = job_store.store()
     record = store.get(job_id_of(run))
     if record is not None and record.run_id == run.run_id:
         with contextlib.suppress(JobStateError):  # it ended or moved on before the cancellation
-            store.mark_cancelled(record.id, run.run_id)
+            events.cancelled(store, record.id, run.run_id)
 
 
 def aggregation_request(run: dg.DagsterRun) -> dg.RunRequest | None:

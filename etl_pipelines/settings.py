@@ -1,11 +1,11 @@
 """Configuration from environment variables, read when asked for (never at import time)."""
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_QUEUES = ("high", "medium", "low", "default")
-DEFAULT_RETRY_DELAYS = (60.0, 300.0, 900.0)
 DEFAULT_ALLOWED_SCHEMAS = ("auth",)
 DEFAULT_JOB_TIMEOUT = 300.0
 # The code location name in workspace.yaml; runs submitted by dispatch() carry it.
@@ -20,16 +20,19 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def parse_delays(value: str) -> tuple[float, ...]:
+_TYPE_DELAYS = "ETL_RETRY_DELAYS_"
+
+
+def parse_delays(value: str, variable: str = "ETL_RETRY_DELAYS") -> tuple[float, ...]:
     """Parse a comma-separated list of retry delays in seconds (an empty string means no retries)."""
     try:
         delays = tuple(float(part) for part in _split(value))
     except ValueError:
         raise SettingsError(
-            f"ETL_RETRY_DELAYS must be comma-separated seconds, e.g. 60,300,900; got {value!r}"
+            f"{variable} must be comma-separated seconds, e.g. 60,300,900; got {value!r}"
         ) from None
     if any(d < 0 for d in delays):
-        raise SettingsError(f"ETL_RETRY_DELAYS must not be negative; got {value!r}")
+        raise SettingsError(f"{variable} must not be negative; got {value!r}")
     return delays
 
 
@@ -45,7 +48,9 @@ class Settings:
     database_url: str
     target_database_url: str
     queues: tuple[str, ...]
-    retry_delays: tuple[float, ...]
+    # Explicit retry waits from the environment (ETL_RETRY_DELAYS), None when unset: a job type's
+    # RetryPolicy applies then. Per job type: ETL_RETRY_DELAYS_<JOB_TYPE>, by job type.
+    retry_delays: tuple[float, ...] | None
     allowed_schemas: tuple[str, ...]
     job_timeout: float
     alert_webhook_url: str | None
@@ -54,6 +59,7 @@ class Settings:
     redis_key_prefix: str
     heartbeat_seconds: float
     recovery_grace_seconds: float
+    retry_delays_by_type: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -68,7 +74,12 @@ class Settings:
             database_url=database_url,
             target_database_url=env.get("ETL_TARGET_DATABASE_URL") or database_url,
             queues=queues,
-            retry_delays=DEFAULT_RETRY_DELAYS if delays is None else parse_delays(delays),
+            retry_delays=None if delays is None else parse_delays(delays),
+            retry_delays_by_type={
+                name.removeprefix(_TYPE_DELAYS).lower(): parse_delays(value, name)
+                for name, value in env.items()
+                if name.startswith(_TYPE_DELAYS) and name != _TYPE_DELAYS
+            },
             allowed_schemas=_split(env.get("ETL_ALLOWED_SCHEMAS", "")) or DEFAULT_ALLOWED_SCHEMAS,
             job_timeout=_seconds("ETL_JOB_TIMEOUT", env.get("ETL_JOB_TIMEOUT"), DEFAULT_JOB_TIMEOUT),
             alert_webhook_url=env.get("ETL_ALERT_WEBHOOK_URL") or None,

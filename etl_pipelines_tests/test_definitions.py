@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from etl_pipelines.definitions import defs
-from etl_pipelines.framework.base import BaseJob
+from etl_pipelines.framework.base import DEFAULT_RETRY_POLICY
 from etl_pipelines.framework.op import op_name
 from etl_pipelines.framework.registry import job_types
 from etl_pipelines.settings import DEFAULT_QUEUES, Settings
@@ -27,6 +27,7 @@ SAMPLE_JOB_TYPES = {
 JOB_TYPES = sorted(job_types())
 
 
+@pytest.mark.slow  # runs `dagster definitions validate` in a subprocess
 def test_dagster_definitions_validate(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     clean_env.setenv("DAGSTER_HOME", str(tmp_path))
     out = subprocess.run(
@@ -65,26 +66,19 @@ def test_job_type_is_a_described_one_op_job_with_typed_config(name: str) -> None
 
 
 @pytest.mark.parametrize("name", JOB_TYPES)
-def test_default_retry_schedule_is_exactly_1_5_15_minutes(name: str, clean_env: pytest.MonkeyPatch) -> None:
+def test_retries_are_a_dagster_retry_policy(name: str, clean_env: pytest.MonkeyPatch) -> None:
+    """Every job type declares its retries as a RetryPolicy (default: 3, exponential from 60 s, so
+    1, 3 and 7 minutes), interpreted durably; the op itself carries none (test_retry.py)."""
     job_cls = job_types()[name]
-    expected = (60.0, 300.0, 900.0) if job_cls.retry_delays is None else tuple(job_cls.retry_delays)
-    assert job_cls.retry_schedule(Settings.from_env()) == expected
-
-
-def test_retry_schedule_overrides(clean_env: pytest.MonkeyPatch) -> None:
-    fib = job_types()["fibonacci"]
-    clean_env.setenv("ETL_RETRY_DELAYS", "1,2,3")
-    assert fib.retry_schedule(Settings.from_env()) == (1.0, 2.0, 3.0)
-    clean_env.setenv("ETL_RETRY_DELAYS_FIBONACCI", "5")
-    assert fib.retry_schedule(Settings.from_env()) == (5.0,)
-
-    class Patient(BaseJob):
-        """A job type with its own schedule."""
-
-        retry_delays = (10.0, 20.0)
-
-    clean_env.delenv("ETL_RETRY_DELAYS")
-    assert Patient.retry_schedule(Settings.from_env()) == (10.0, 20.0)
+    assert isinstance(job_cls.retry_policy, dg.RetryPolicy)
+    schedule = job_cls.retry_schedule(Settings.from_env())
+    if name == "demo_batch":  # queueing a batch twice is worse than waiting for the next one
+        assert schedule.max_retries == 0
+    else:
+        assert job_cls.retry_policy == DEFAULT_RETRY_POLICY
+        assert [schedule.wait_before(n) for n in (1, 2, 3, 4)] == [60.0, 180.0, 420.0, None]
+    clean_env.setenv("ETL_RETRY_DELAYS", "60,300,900")  # the old system's schedule, one setting away
+    assert [job_cls.retry_schedule(Settings.from_env()).wait_before(n) for n in (1, 2, 3)] == [60, 300, 900]
 
 
 def test_executor_runs_the_op_in_the_run_process() -> None:

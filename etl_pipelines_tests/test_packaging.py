@@ -7,9 +7,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 from etl_pipelines_tests.harness import REPO
+
+# Executes whole Dagster runs (or builds the package): the full suite, not `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def test_wheel_carries_the_package_data(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import logging
 import math
 import threading
 import traceback
-from datetime import timedelta
 from typing import Any
 
 import dagster as dg
@@ -15,16 +14,12 @@ import sqlalchemy as sa
 from etl_pipelines.errors import JobTimeoutError, NonRetryableError
 from etl_pipelines.framework.base import BaseJob, JobContext
 from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
+from etl_pipelines.lifecycle import events
 from etl_pipelines.resources import JobStoreResource, TargetDatabase
 from etl_pipelines.settings import Settings
-from etl_pipelines.store import JobStatus, JobStore
-from etl_pipelines.store.models import utcnow
+from etl_pipelines.store import JobStore
 
 logger = logging.getLogger(__name__)
-
-# The op writes its outcome only while the job is still its attempt: if recovery declared the
-# worker lost meanwhile, that decision stands (JobStateError fails this run instead).
-ATTEMPT = (JobStatus.STARTED,)
 
 
 class Heartbeat:
@@ -66,27 +61,20 @@ def run_attempt(
 ) -> Any:
     """Run one attempt of `job`, keeping its record current; on failure, schedule the next attempt."""
     job_cls = type(job)
-    settings = Settings.from_env()
+    settings = Settings.from_env()  # the run worker's edge: read once per attempt, passed down
     store = job_store.store()
     run = context.run
     job_id = job_id_of(run)
-    delays = job_cls.retry_schedule(settings)
+    schedule = job_cls.retry_schedule(settings)
     # Runs not made by dispatch() (dagster job execute, say) get their record here.
-    store.ensure(
-        id=job_id,
-        job_type=job_cls.job_type(),
-        job_class=job_cls.job_class(),
-        queue=run.tags.get(QUEUE_TAG, job_cls.queue),
-        payload=job.model_dump(mode="json"),
-        max_retries=len(delays),
-        run_id=run.run_id,
-    )
-    record = store.mark_started(job_id, run.run_id)
-    retry_number = record.retry_count
+    queue = run.tags.get(QUEUE_TAG, job_cls.queue)
+    events.bootstrap(store, job_cls.new_job(job_id, queue, job.model_dump(mode="json"), settings), run.run_id)
+    # JobStateError unless this run is the job's queued run: then nothing runs.
+    record = events.started(store, job_id, run.run_id)
     ctx = JobContext(
         job_id=job_id,
         run_id=run.run_id,
-        retry_count=retry_number,
+        retry_count=record.retry_count,
         log=context.log,
         database=database,
         settings=settings,
@@ -103,42 +91,28 @@ def run_attempt(
                 result = to_json(output)
             except (TypeError, ValueError) as exc:
                 raise JobResultError(f"the job's result cannot be stored as JSON: {exc}") from exc
-    except NonRetryableError as exc:
-        # Bad parameters or a failed check do not get better by waiting: fail at once.
-        store.mark_failed(
+    except Exception as exc:
+        # The wait for a retry lives in the job table, not in this process: the run ends here,
+        # the worker slot is free, and the due_retries sensor re-executes the run when it is due.
+        # Only while the job is still this attempt: if recovery declared the worker lost
+        # meanwhile, that decision stands (JobStateError fails this run instead).
+        after = events.attempt_failed(
+            store,
             job_id,
+            run.run_id,
             error=f"{type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(),
-            expect=ATTEMPT,
-            expect_run_id=run.run_id,
+            schedule=schedule,
+            # Bad parameters or a failed check do not get better by waiting: fail at once.
+            retryable=not isinstance(exc, NonRetryableError),
         )
-        raise
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        if retry_number < len(delays):
-            wait = delays[retry_number]
-            due = utcnow() + timedelta(seconds=wait)
-            # The wait lives in the job table, not in this process: the run ends here, the worker
-            # slot is free, and the due_retries sensor re-executes the run when the time comes.
-            store.mark_waiting_retry(
-                job_id,
-                error=error,
-                traceback=traceback.format_exc(),
-                next_retry_at=due,
-                reason=f"attempt {retry_number + 1} of {len(delays) + 1} failed: {error}",
-                expect=ATTEMPT,
-                expect_run_id=run.run_id,
-            )
+        if after.next_retry_at is not None:
             context.log.warning(
-                f"attempt {retry_number + 1} of {len(delays) + 1} failed ({error}); "
-                f"retry {retry_number + 1} due in {wait:g} s at {due:%Y-%m-%d %H:%M:%S} UTC"
+                f"attempt {record.retry_count + 1} failed ({after.error}); retry {after.retry_count + 1} "
+                f"of {after.max_retries} due at {after.next_retry_at:%Y-%m-%d %H:%M:%S} UTC"
             )
-            raise
-        store.mark_failed(
-            job_id, error=error, traceback=traceback.format_exc(), expect=ATTEMPT, expect_run_id=run.run_id
-        )
         raise
-    store.mark_completed(job_id, result, expect=ATTEMPT, expect_run_id=run.run_id)
+    events.completed(store, job_id, run.run_id, result)
     context.add_output_metadata(
         {"job_id": job_id, "result": result_metadata(result), **job.result_metadata(result)}
     )

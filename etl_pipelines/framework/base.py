@@ -1,7 +1,6 @@
 """BaseJob: a job type is a subclass with typed parameters (pydantic fields) and `handle()`."""
 
 import inspect
-import os
 import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -12,7 +11,9 @@ import pydantic
 import sqlalchemy as sa
 
 from etl_pipelines.errors import JobInputError
-from etl_pipelines.settings import Settings, parse_delays
+from etl_pipelines.identifiers import TableName
+from etl_pipelines.lifecycle import NewJob, RetrySchedule
+from etl_pipelines.settings import Settings
 
 if TYPE_CHECKING:
     from etl_pipelines.framework.dispatch import JobHandle
@@ -50,14 +51,33 @@ class JobContext:
         return self.database.connect(self.timeout, url=url, autocommit=True)
 
 
+# What the design asks of every job type unless it declares otherwise: 3 retries, exponential
+# backoff from 60 s (Dagster's formula: 60, 180 and 420 s).
+DEFAULT_RETRY_POLICY = dg.RetryPolicy(max_retries=3, delay=60, backoff=dg.Backoff.EXPONENTIAL)
+
+
+def schedule_of(policy: dg.RetryPolicy) -> RetrySchedule:
+    """A Dagster RetryPolicy as the lifecycle's RetrySchedule (same terms, no Dagster types)."""
+    return RetrySchedule(
+        max_retries=policy.max_retries,
+        delay=float(policy.delay or 0),
+        backoff=None if policy.backoff is None else policy.backoff.value.lower(),  # type: ignore[arg-type]
+        jitter=None if policy.jitter is None else policy.jitter.value.lower(),  # type: ignore[arg-type]
+    )
+
+
 class BaseJob(dg.Config):
     """Base class of every job type. Subclasses declare parameters as fields and implement handle()."""
 
     # The queue a job of this type goes to unless dispatch names another.
     queue: ClassVar[str] = "default"
-    # Seconds before each retry; None means the global ETL_RETRY_DELAYS (default 60,300,900).
-    retry_delays: ClassVar[tuple[float, ...] | None] = None
-    # Destructive job types only touch tables in ETL_ALLOWED_SCHEMAS.
+    # Retries, in Dagster's terms; interpreted durably (a re-execution queued when due, no process
+    # sleeps), never given to the op (Dagster would retry in memory). Explicit delays from the
+    # environment win over it: ETL_RETRY_DELAYS_<JOB_TYPE>, then ETL_RETRY_DELAYS.
+    retry_policy: ClassVar[dg.RetryPolicy] = DEFAULT_RETRY_POLICY
+    # Destructive job types change or remove data: their target table must be schema-qualified
+    # and in ETL_ALLOWED_SCHEMAS (checked before any SQL runs), and `etl-jobs dispatch` asks for
+    # --confirm.
     destructive: ClassVar[bool] = False
     # Seconds a statement may run; None means ETL_JOB_TIMEOUT (default 300), 0 means no limit.
     timeout_seconds: ClassVar[float | None] = None
@@ -70,7 +90,13 @@ class BaseJob(dg.Config):
         raise NotImplementedError(f"{type(self).__name__}.handle() is not implemented")
 
     def validate_input(self, settings: Settings) -> None:
-        """Check parameters beyond their types (identifiers, schemas); raise JobInputError."""
+        """Check parameters beyond their types (identifiers, schemas); raise JobInputError.
+
+        Overrides call super(): a destructive job's target is checked here, for every job type.
+        """
+        target = self.target()
+        if self.destructive and target is not None:
+            TableName.parse(target).check_schema(settings.allowed_schemas)
 
     def result_metadata(self, result: Any) -> dict[str, dg.MetadataValue]:
         """How the result appears on the run in the Dagster UI (override for tables, counts)."""
@@ -110,12 +136,24 @@ class BaseJob(dg.Config):
         return doc.strip()
 
     @classmethod
-    def retry_schedule(cls, settings: Settings) -> tuple[float, ...]:
-        """Delays before each retry: ETL_RETRY_DELAYS_<TYPE> env, else the class's, else the global."""
-        override = os.environ.get(f"ETL_RETRY_DELAYS_{cls.job_type().upper()}")
-        if override is not None:
-            return parse_delays(override)
-        return settings.retry_delays if cls.retry_delays is None else tuple(cls.retry_delays)
+    def retry_schedule(cls, settings: Settings) -> RetrySchedule:
+        """Retries of this type: ETL_RETRY_DELAYS_<TYPE>, else ETL_RETRY_DELAYS, else retry_policy."""
+        explicit = settings.retry_delays_by_type.get(cls.job_type(), settings.retry_delays)
+        if explicit is not None:
+            return RetrySchedule.explicit(explicit)
+        return schedule_of(cls.retry_policy)
+
+    @classmethod
+    def new_job(cls, job_id: str, queue: str, payload: dict[str, Any], settings: Settings) -> NewJob:
+        """What a record of a job of this type is made of (lifecycle.events.bootstrap makes it)."""
+        return NewJob(
+            id=job_id,
+            job_type=cls.job_type(),
+            job_class=cls.job_class(),
+            queue=queue,
+            payload=payload,
+            schedule=cls.retry_schedule(settings),
+        )
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "BaseJob":

@@ -11,7 +11,7 @@ from etl_pipelines.framework.base import BaseJob
 from etl_pipelines.framework.op import run_config_for
 from etl_pipelines.framework.registry import get_job_type
 from etl_pipelines.framework.tags import JOB_ID_TAG, run_tags
-from etl_pipelines.lifecycle.queues import check_queue
+from etl_pipelines.lifecycle import check_queue, events
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStatus, JobStore
 
@@ -60,19 +60,11 @@ def dispatch(job_type: str | type[BaseJob], *, queue: str | None = None, **param
     submitter = run_submitter(instance)
     # The job's id is its first run's id; the record exists before the run can start.
     job_id = str(uuid.uuid4())
-    run_config = run_config_for(job_cls, job.model_dump(mode="json"))
-    store.create(
-        id=job_id,
-        job_type=job_cls.job_type(),
-        job_class=job_cls.job_class(),
-        queue=queue,
-        payload=job.model_dump(mode="json"),
-        max_retries=len(job_cls.retry_schedule(settings)),
-        run_id=job_id,
-    )
+    payload = job.model_dump(mode="json")
+    events.bootstrap(store, job_cls.new_job(job_id, queue, payload, settings), job_id, must_be_new=True)
     tags = {JOB_ID_TAG: job_id, **run_tags(job, job_cls, queue, settings)}
     try:
-        submitter.submit(job_cls.job_type(), run_config, tags, run_id=job_id)
+        submitter.submit(job_cls.job_type(), run_config_for(job_cls, payload), tags, run_id=job_id)
     except BaseException:
         # Never queued: leave no record claiming it was, and no half-made run. (Unless recovery
         # found the record and submitted its run meanwhile: then the job lives on.)

@@ -31,7 +31,7 @@ def build_job(job_cls: type[BaseJob]) -> dg.JobDefinition:
     )
     def _op(
         context: dg.OpExecutionContext,
-        config: job_cls,  # type: ignore[valid-type]  (a class chosen at run time)
+        config: job_cls,  # type: ignore[valid-type]  # a class chosen at run time
         job_store: JobStoreResource,
         database: TargetDatabase,
     ) -> None:

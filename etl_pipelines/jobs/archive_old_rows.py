@@ -36,7 +36,7 @@ class ArchiveOldRows(BaseJob):
         return TableName(source.schema, check_identifier(f"{source.name}_archive", "table name"))
 
     def validate_input(self, settings: Settings) -> None:
-        TableName.parse(self.table).check_schema(settings.allowed_schemas)
+        super().validate_input(settings)  # the target: schema-qualified, in an allowed schema
         self.archive().check_schema(settings.allowed_schemas)
         check_identifier(self.timestamp_column, "column name")
         check_identifier(self.key_column, "column name")

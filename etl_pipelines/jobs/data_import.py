@@ -90,7 +90,7 @@ class DataImport(BaseJob):
         return self.target_table
 
     def validate_input(self, settings: Settings) -> None:
-        TableName.parse(self.target_table).check_schema(settings.allowed_schemas)
+        super().validate_input(settings)  # the target: schema-qualified, in an allowed schema
         if (self.source_csv is None) == (self.source_table is None):
             raise JobInputError("give either source_csv or source_database with source_table")
         if self.source_table is not None:
@@ -112,6 +112,8 @@ class DataImport(BaseJob):
 
     def csv_path(self, settings: Settings) -> Path:
         """The CSV file, which must lie inside ETL_IMPORT_DIR."""
+        if self.source_csv is None:
+            raise JobInputError("this import reads a database, not a CSV file")
         base = settings.import_dir.resolve()
         path = (base / self.source_csv).resolve()
         if not path.is_relative_to(base):

@@ -5,7 +5,6 @@ from pydantic import Field
 
 from etl_pipelines.framework import BaseJob, JobContext
 from etl_pipelines.identifiers import TableName
-from etl_pipelines.settings import Settings
 
 
 class DropTable(BaseJob):
@@ -16,9 +15,6 @@ class DropTable(BaseJob):
 
     table: str = Field(description="schema.table to drop; the schema must be in ETL_ALLOWED_SCHEMAS.")
     if_exists: bool = Field(default=False, description="Succeed when the table does not exist.")
-
-    def validate_input(self, settings: Settings) -> None:
-        TableName.parse(self.table).check_schema(settings.allowed_schemas)
 
     def handle(self, ctx: JobContext) -> dict[str, object]:
         table = TableName.parse(self.table).check_schema(ctx.settings.allowed_schemas)

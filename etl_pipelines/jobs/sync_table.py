@@ -39,7 +39,7 @@ class SyncTable(BaseJob):
     def validate_input(self, settings: Settings) -> None:
         check_identifier(self.source_database, "database name")
         TableName.parse(self.source_table)
-        TableName.parse(self.target_table).check_schema(settings.allowed_schemas)
+        super().validate_input(settings)  # the target: schema-qualified, in an allowed schema
         check_identifier(self.key_column, "column name")
         check_identifier(self.updated_at_column, "column name")
 

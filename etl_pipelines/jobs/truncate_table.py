@@ -5,7 +5,6 @@ from pydantic import Field
 
 from etl_pipelines.framework import BaseJob, JobContext
 from etl_pipelines.identifiers import TableName
-from etl_pipelines.settings import Settings
 
 
 class TruncateTable(BaseJob):
@@ -15,9 +14,6 @@ class TruncateTable(BaseJob):
     destructive: ClassVar[bool] = True
 
     table: str = Field(description="schema.table to empty; the schema must be in ETL_ALLOWED_SCHEMAS.")
-
-    def validate_input(self, settings: Settings) -> None:
-        TableName.parse(self.table).check_schema(settings.allowed_schemas)
 
     def handle(self, ctx: JobContext) -> dict[str, object]:
         table = TableName.parse(self.table).check_schema(ctx.settings.allowed_schemas)

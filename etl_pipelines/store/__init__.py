@@ -1,9 +1,10 @@
 """The job table and its audit trail: SQLAlchemy models and queries. No Dagster import here."""
 
 from etl_pipelines.store.models import JobEvent, JobRecord, JobStatus
-from etl_pipelines.store.store import SYSTEM_ACTOR, JobNotFoundError, JobStateError, JobStore
+from etl_pipelines.store.store import ANY_RUN, SYSTEM_ACTOR, JobNotFoundError, JobStateError, JobStore
 
 __all__ = [
+    "ANY_RUN",
     "SYSTEM_ACTOR",
     "JobEvent",
     "JobNotFoundError",

@@ -2,6 +2,7 @@
 
 import os
 import threading
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -9,7 +10,7 @@ _engines: dict[tuple[int, str], sa.Engine] = {}
 _lock = threading.Lock()
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # Several processes (run workers, CLI, daemon) write the same file: WAL lets readers through
     # and busy_timeout makes writers wait for the lock instead of failing at once.
@@ -35,7 +36,13 @@ def create_engine(url: str) -> sa.Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        if parsed.database in (None, "", ":memory:"):
+            # One in-memory database for the whole engine (the unit tier's job table), not one per thread.
+            engine = sa.create_engine(
+                url, connect_args={"check_same_thread": False}, poolclass=sa.pool.StaticPool
+            )
+        else:
+            engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)

@@ -1,13 +1,14 @@
-"""Reads and writes of the job table. Every status change goes through here."""
+"""Reads and writes of the job table. Which changes are allowed is lifecycle/events.py's business:
+`transition()` only makes a checked change atomic and audited."""
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from etl_pipelines.store.engine import get_engine
+from etl_pipelines.store.engine import create_engine, get_engine
 from etl_pipelines.store.models import Base, JobEvent, JobRecord, JobStatus, utcnow
 
 # The actor of what the system does by itself; people are recorded by OS user or --actor.
@@ -29,63 +30,34 @@ class JobStateError(ValueError):
 class JobStore:
     """The job table at `url` (created on first use)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, engine: sa.Engine | None = None):
         self.url = url
+        if engine is not None:  # an engine of the caller's (the unit tier's in-memory SQLite)
+            self.engine = engine
+            create_schema(engine)
+            return
         self.engine = get_engine(url)
         if url not in _schema_ready:
             create_schema(self.engine)
             _schema_ready.add(url)
 
+    @classmethod
+    def in_memory(cls) -> "JobStore":
+        """A job table of its own in memory (SQLite): for tests of the rules, no service needed."""
+        return cls("sqlite://", engine=create_engine("sqlite://"))
+
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
-    def create(
-        self,
-        *,
-        id: str,
-        job_type: str,
-        job_class: str,
-        queue: str,
-        payload: dict[str, Any],
-        max_retries: int,
-        run_id: str | None = None,
-        status: JobStatus = JobStatus.QUEUED,
-        created_at: datetime | None = None,
-        actor: str = SYSTEM_ACTOR,
-        reason: str | None = None,
-    ) -> JobRecord:
-        """Insert a new job record."""
-        now = utcnow()
-        record = JobRecord(
-            id=id,
-            job_type=job_type,
-            job_class=job_class,
-            queue=queue,
-            status=status,
-            payload=payload,
-            max_retries=max_retries,
-            retry_count=0,
-            run_id=run_id,
-            run_ids=[run_id] if run_id else [],
-            created_at=created_at or now,
-            queued_at=created_at or now,
-            updated_at=now,
-        )
-        with self._session() as session, session.begin():
-            session.add(record)
-            session.add(_event(record, "queued", None, actor, reason))
-        return record
-
-    def ensure(self, **fields: Any) -> JobRecord:
-        """The record with `fields["id"]`, inserted with `fields` if it does not exist yet."""
-        record = self.get(fields["id"])
-        if record is not None:
-            return record
+    def insert(self, record: JobRecord, *, action: str, actor: str = SYSTEM_ACTOR) -> bool:
+        """Insert a new record with its first audit row; False if a record with its id exists."""
         try:
-            return self.create(**fields)
+            with self._session() as session, session.begin():
+                session.add(record)
+                session.add(_event(record, action, None, actor, None))
         except sa.exc.IntegrityError:
-            # Another process inserted it between our read and our insert.
-            return self.require(fields["id"])
+            return False
+        return True
 
     def get(self, job_id: str) -> JobRecord | None:
         """The record, or None."""
@@ -124,7 +96,7 @@ class JobStore:
         with self._session() as session:
             return session.scalars(query).all()
 
-    def _transition(
+    def transition(
         self,
         job_id: str,
         action: str,
@@ -148,7 +120,7 @@ class JobStore:
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None:
                 raise JobNotFoundError(f"no job with id {job_id!r}")
-            conditions = []
+            conditions: list[sa.ColumnElement[bool]] = []
             if expect is not None:
                 expected = set(expect)
                 conditions.append(JobRecord.status.in_(expected))
@@ -158,12 +130,13 @@ class JobStore:
                 conditions.append(JobRecord.updated_at == unchanged_since)
             if conditions:
                 # A conditional UPDATE makes the check atomic on SQLite too, which has no row locks.
-                changed = session.execute(
+                changed = _rowcount(
+                    session,
                     sa.update(JobRecord)
                     .where(JobRecord.id == job_id, *conditions)
                     .values(updated_at=utcnow())
-                    .execution_options(synchronize_session=False)
-                ).rowcount
+                    .execution_options(synchronize_session=False),
+                )
                 if changed != 1:
                     session.refresh(record)
                     wanted = []
@@ -187,218 +160,19 @@ class JobStore:
             session.add(_event(record, action, before, actor, reason))
         return record
 
-    def mark_queued(
-        self,
-        job_id: str,
-        run_id: str,
-        payload: dict[str, Any] | None = None,
-        *,
-        parent_run_id: str | None = None,
-        expect: Iterable[JobStatus] | None = None,
-        actor: str = SYSTEM_ACTOR,
-        reason: str | None = None,
-    ) -> JobRecord:
-        """A new run of the job was submitted (a re-execution appends to run_ids).
-
-        With `parent_run_id` the job must still be on that run (the run re-executed), so of two
-        re-executions of one run only the first takes the job. A finished job run again (a UI
-        re-execution) gets its whole retry schedule again.
-        """
-
-        def changes(record: JobRecord) -> dict[str, Any]:
-            values: dict[str, Any] = {
-                "run_ids": [*record.run_ids, run_id],
-                "run_id": run_id,
-                "status": JobStatus.QUEUED,
-                "queued_at": record.queued_at if record.status == JobStatus.QUEUED else utcnow(),
-                # A new run starts from a clean slate: the last outcome no longer describes it.
-                "result": None,
-                "error": None,
-                "traceback": None,
-                "finished_at": None,
-                "next_retry_at": None,
-                "alerted_at": None,
-                "heartbeat_at": None,
-            }
-            if payload is not None:
-                values["payload"] = payload
-            if record.status.is_final:
-                values["retry_count"] = 0
-            return values
-
-        record = self.require(job_id)
-        if run_id in record.run_ids:
-            return record
-        return self._transition(
-            job_id,
-            "run_queued",
-            expect=expect,
-            expect_run_id=parent_run_id if parent_run_id is not None else ANY_RUN,
-            actor=actor,
-            reason=reason,
-            changes=changes,
-        )
-
-    def mark_started(self, job_id: str, run_id: str) -> JobRecord:
-        """An attempt began in run `run_id`, which must be the job's queued run (else JobStateError)."""
-        now = utcnow()
-        return self._transition(
-            job_id,
-            "started",
-            expect=[JobStatus.QUEUED],
-            expect_run_id=run_id,
-            changes=lambda record: {"started_at": record.started_at or now},
-            status=JobStatus.STARTED,
-            next_retry_at=None,
-            finished_at=None,
-            heartbeat_at=now,
-        )
-
     def heartbeat(self, job_id: str, run_id: str) -> bool:
         """The attempt in `run_id` is alive (no audit row: not a change of state)."""
         with self._session() as session, session.begin():
-            changed = session.execute(
+            changed = _rowcount(
+                session,
                 sa.update(JobRecord)
                 .where(JobRecord.id == job_id, JobRecord.run_id == run_id)
                 .where(JobRecord.status == JobStatus.STARTED)
                 # updated_at stays: a beat is not a change of the job (recovery's grace reads it).
                 .values(heartbeat_at=utcnow(), updated_at=JobRecord.updated_at)
-                .execution_options(synchronize_session=False)
-            ).rowcount
+                .execution_options(synchronize_session=False),
+            )
         return changed == 1
-
-    def mark_waiting_retry(
-        self,
-        job_id: str,
-        *,
-        error: str,
-        traceback: str | None,
-        next_retry_at: datetime,
-        expect: Iterable[JobStatus] | None = None,
-        expect_run_id: Any = ANY_RUN,
-        reason: str | None = None,
-    ) -> JobRecord:
-        """An attempt failed and another is due at `next_retry_at`."""
-        return self._transition(
-            job_id,
-            "waiting_retry",
-            expect=expect,
-            expect_run_id=expect_run_id,
-            reason=reason or error,
-            status=JobStatus.WAITING_RETRY,
-            error=error,
-            traceback=traceback,
-            next_retry_at=next_retry_at,
-            heartbeat_at=None,
-        )
-
-    def claim_retry(
-        self,
-        job_id: str,
-        *,
-        expect: Iterable[JobStatus],
-        retry_count: int,
-        actor: str = SYSTEM_ACTOR,
-        reason: str | None = None,
-        action: str = "retry",
-    ) -> JobRecord:
-        """Take the job for a new run: its status becomes queued unless another process took it first.
-
-        The new run is submitted after this; `mark_queued` then records its id.
-        """
-        return self._transition(
-            job_id,
-            action,
-            expect=expect,
-            actor=actor,
-            reason=reason,
-            status=JobStatus.QUEUED,
-            queued_at=utcnow(),
-            retry_count=retry_count,
-            next_retry_at=None,
-            heartbeat_at=None,
-        )
-
-    def mark_completed(
-        self,
-        job_id: str,
-        result: Any,
-        *,
-        expect: Iterable[JobStatus] | None = None,
-        expect_run_id: Any = ANY_RUN,
-        actor: str = SYSTEM_ACTOR,
-        reason: str | None = None,
-        action: str = "completed",
-    ) -> JobRecord:
-        """The job succeeded with `result` (JSON), or someone resolved it by hand."""
-        return self._transition(
-            job_id,
-            action,
-            expect=expect,
-            expect_run_id=expect_run_id,
-            actor=actor,
-            reason=reason,
-            status=JobStatus.COMPLETED,
-            result=result,
-            error=None,
-            traceback=None,
-            next_retry_at=None,
-            heartbeat_at=None,
-            finished_at=utcnow(),
-        )
-
-    def mark_failed(
-        self,
-        job_id: str,
-        *,
-        error: str,
-        traceback: str | None,
-        expect: Iterable[JobStatus] | None = None,
-        expect_run_id: Any = ANY_RUN,
-        actor: str = SYSTEM_ACTOR,
-        action: str = "failed",
-    ) -> JobRecord:
-        """The job failed for good (no retry left)."""
-        return self._transition(
-            job_id,
-            action,
-            expect=expect,
-            expect_run_id=expect_run_id,
-            actor=actor,
-            reason=error,
-            status=JobStatus.FAILED,
-            error=error,
-            traceback=traceback,
-            next_retry_at=None,
-            heartbeat_at=None,
-            finished_at=utcnow(),
-        )
-
-    def mark_cancelled(self, job_id: str, run_id: str, *, reason: str | None = None) -> JobRecord:
-        """The job's run `run_id` was cancelled before it ended (JobStateError if the job moved on)."""
-        return self._transition(
-            job_id,
-            "cancelled",
-            expect=[JobStatus.QUEUED, JobStatus.STARTED],
-            expect_run_id=run_id,
-            reason=reason,
-            status=JobStatus.CANCELLED,
-            next_retry_at=None,
-            heartbeat_at=None,
-            finished_at=utcnow(),
-        )
-
-    def claim_recovery(self, seen: JobRecord, reason: str) -> JobRecord:
-        """Take a job recovery found lost, as it was seen: JobStateError if anything changed since
-        (its worker started it, another recoverer or a sensor got there first)."""
-        return self._transition(
-            seen.id,
-            "recovering",
-            expect=[seen.status],
-            expect_run_id=seen.run_id,
-            unchanged_since=seen.updated_at,
-            reason=reason,
-        )
 
     def record_event(
         self, job_id: str, action: str, *, actor: str = SYSTEM_ACTOR, reason: str | None = None
@@ -460,6 +234,11 @@ class JobStore:
                 raise JobNotFoundError(f"no job with id {job_id!r}")
             record.alerted_at = utcnow()
         return record
+
+
+def _rowcount(session: Session, statement: sa.Update) -> int:
+    """Rows an UPDATE changed (SQLAlchemy types execute() as a plain Result)."""
+    return cast("sa.CursorResult[Any]", session.execute(statement)).rowcount
 
 
 def _event(

@@ -97,7 +97,7 @@ def test_settings_defaults_and_errors(clean_env: pytest.MonkeyPatch, tmp_path) -
     assert settings.database_url == f"sqlite:///{tmp_path / 'etl.sqlite'}"
     assert settings.target_database_url == settings.database_url
     assert settings.queues == ("high", "medium", "low", "default")
-    assert settings.retry_delays == (60.0, 300.0, 900.0)
+    assert settings.retry_delays is None  # unset: each job type's RetryPolicy applies
     assert settings.allowed_schemas == ("auth",)
     clean_env.setenv("ETL_QUEUES", "critical,bulk")
     clean_env.setenv("ETL_RETRY_DELAYS", "")

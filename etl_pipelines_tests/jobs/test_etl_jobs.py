@@ -11,6 +11,9 @@ import sqlalchemy as sa
 from etl_pipelines.store import JobStatus
 from etl_pipelines_tests.jobs.helpers import count, execute
 
+# Executes whole Dagster runs (or builds the package): the full suite, not `make test-fast`.
+pytestmark = pytest.mark.slow
+
 USERS_CSV = """id,name,email,department,salary,joined
 1,Ada,ada@example.com,engineering,120000.50,2020-01-02
 2,Bob,bob@example.com,sales,70000,2021-03-04

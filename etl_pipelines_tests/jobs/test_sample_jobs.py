@@ -1,10 +1,14 @@
 """Each sample job type executed in process against a real target database (SQLite and PostgreSQL)."""
 
 import dagster as dg
+import pytest
 import sqlalchemy as sa
 
 from etl_pipelines.store import JobStatus
 from etl_pipelines_tests.jobs.helpers import count, execute
+
+# Executes whole Dagster runs (or builds the package): the full suite, not `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def test_populate_aggregate_truncate_drop(target: sa.Engine) -> None:

@@ -1,0 +1,108 @@
+"""Recovery's judgement: what was found for an unfinished job, and what is to be done. No Dagster here.
+
+The framework describes the job's latest run as a RunSnapshot (from Dagster's run storage, and the
+broker when it matters); `diagnose()` reads it beside the job record, as a table:
+
+| job           | its run                                           | verdict                         |
+| ------------- | ------------------------------------------------- | ------------------------------- |
+| waiting_retry | -                                                 | none: due_retries starts it     |
+| queued        | none                                              | submit: create it               |
+| queued        | NOT_STARTED (created, never submitted)            | submit                          |
+| queued        | STARTING past the grace, task not in the broker   | requeue: no attempt charged     |
+| queued        | STARTED past the grace, the op never began        | requeue: no attempt charged     |
+| queued        | FAILURE past the grace, no failure recorded       | fail_attempt                    |
+| started       | heartbeat older than the heartbeat timeout        | fail_attempt                    |
+| anything else, or a record changed within the grace               | none                            |
+"""
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from etl_pipelines.store import JobRecord, JobStatus
+
+
+class RunState(enum.StrEnum):
+    """A Dagster run's status, by the same values (DagsterRunStatus.value)."""
+
+    QUEUED = "QUEUED"
+    NOT_STARTED = "NOT_STARTED"
+    STARTING = "STARTING"
+    STARTED = "STARTED"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    CANCELING = "CANCELING"
+    CANCELED = "CANCELED"
+    MANAGED = "MANAGED"
+    SUSPENDED = "SUSPENDED"
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """What recovery knows of a job's run; times are Unix timestamps (Dagster's), None if unknown."""
+
+    run_id: str
+    state: RunState
+    launched_at: float | None = None  # its latest RUN_STARTING event
+    started_at: float | None = None
+    ended_at: float | None = None
+    # Asked only when it matters (a Redis round trip): is its task still in the broker or held by
+    # a worker? None: the launcher has no broker to ask.
+    in_broker: Callable[[], bool] | None = None
+
+
+class Verdict(enum.StrEnum):
+    SUBMIT = "submit"  # the run was never created or never submitted: do it now
+    REQUEUE = "requeue"  # the run's work is lost before the op began: a new run, no attempt charged
+    FAIL_ATTEMPT = "fail_attempt"  # the attempt is lost: counted as failed, retried per its schedule
+
+
+@dataclass(frozen=True)
+class Finding:
+    verdict: Verdict
+    detail: str
+
+
+def diagnose(
+    record: JobRecord,
+    run: RunSnapshot | None,
+    *,
+    now: datetime,
+    grace: float,
+    heartbeat_timeout: float,
+) -> Finding | None:
+    """What to do for a job whose work is lost, or None if it is fine (or too young to judge)."""
+    unix_now = now.timestamp()
+
+    def older(timestamp: float | None, than: float) -> bool:
+        return timestamp is None or unix_now - timestamp > than
+
+    if record.status == JobStatus.QUEUED:
+        if not older(record.updated_at.timestamp(), grace):
+            return None  # it may be mid-hand-over
+        if run is None:
+            return Finding(Verdict.SUBMIT, "its run was never created")
+        if run.state == RunState.NOT_STARTED:
+            return Finding(Verdict.SUBMIT, f"run {run.run_id} was created but never queued")
+        if (
+            run.state == RunState.STARTING
+            and older(run.launched_at, grace)
+            and run.in_broker is not None
+            and not run.in_broker()
+        ):
+            return Finding(Verdict.REQUEUE, f"run {run.run_id} was sent to Celery but its task is gone")
+        if run.state == RunState.STARTED and older(run.started_at, grace):
+            started = "" if run.started_at is None else f" {unix_now - run.started_at:.0f} s ago"
+            return Finding(Verdict.REQUEUE, f"run {run.run_id} started{started} but its op never did")
+        if run.state == RunState.FAILURE and older(run.ended_at, grace):
+            return Finding(Verdict.FAIL_ATTEMPT, f"run {run.run_id} failed before its op started")
+        return None
+    if record.status == JobStatus.STARTED:
+        beat = record.heartbeat_at
+        if beat is None or (now - beat).total_seconds() > heartbeat_timeout:
+            seen = f"{beat:%H:%M:%S} UTC" if beat else "never"
+            return Finding(
+                Verdict.FAIL_ATTEMPT, f"no heartbeat from its worker since {seen} (run {record.run_id})"
+            )
+    return None

@@ -1,0 +1,111 @@
+"""Recovery's judgement, row by row of lifecycle/diagnosis.py's table (no Dagster, no broker)."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from etl_pipelines.lifecycle import Finding, RunSnapshot, RunState, Verdict, diagnose
+from etl_pipelines.store import JobRecord, JobStatus
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+GRACE = 30.0
+HEARTBEAT_TIMEOUT = 30.0
+
+
+def record(status: JobStatus, changed_ago: float = 120, beat_ago: float | None = None) -> JobRecord:
+    return JobRecord(
+        id="j1",
+        status=status,
+        run_id="r1",
+        updated_at=NOW - timedelta(seconds=changed_ago),
+        heartbeat_at=None if beat_ago is None else NOW - timedelta(seconds=beat_ago),
+    )
+
+
+def run(state: RunState, ago: float = 120, in_broker: bool | None = None) -> RunSnapshot:
+    at = (NOW - timedelta(seconds=ago)).timestamp()
+
+    def broker() -> bool:
+        return bool(in_broker)
+
+    return RunSnapshot(
+        "r1",
+        state,
+        launched_at=at,
+        started_at=at,
+        ended_at=at,
+        in_broker=None if in_broker is None else broker,
+    )
+
+
+def verdict(job: JobRecord, snapshot: RunSnapshot | None) -> Verdict | None:
+    found = diagnose(job, snapshot, now=NOW, grace=GRACE, heartbeat_timeout=HEARTBEAT_TIMEOUT)
+    assert found is None or (isinstance(found, Finding) and found.detail)
+    return None if found is None else found.verdict
+
+
+@pytest.mark.parametrize(
+    ("job", "snapshot", "expected"),
+    [
+        # waiting_retry: the due_retries sensor's business, whatever its run says.
+        (record(JobStatus.WAITING_RETRY), None, None),
+        (record(JobStatus.WAITING_RETRY), run(RunState.FAILURE), None),
+        # queued: the dispatcher died before creating or submitting the run.
+        (record(JobStatus.QUEUED), None, Verdict.SUBMIT),
+        (record(JobStatus.QUEUED), run(RunState.NOT_STARTED), Verdict.SUBMIT),
+        # ... but not within the grace: it may be mid-hand-over.
+        (record(JobStatus.QUEUED, changed_ago=5), None, None),
+        # queued in Dagster's run queue: fine, however long.
+        (record(JobStatus.QUEUED), run(RunState.QUEUED, ago=3600), None),
+        # sent to Celery: lost only if the broker has no task for it.
+        (record(JobStatus.QUEUED), run(RunState.STARTING, in_broker=False), Verdict.REQUEUE),
+        (record(JobStatus.QUEUED), run(RunState.STARTING, in_broker=True), None),
+        (record(JobStatus.QUEUED), run(RunState.STARTING, ago=5, in_broker=False), None),
+        (record(JobStatus.QUEUED), run(RunState.STARTING), None),  # no broker to ask: never a guess
+        # the run started but its op never did.
+        (record(JobStatus.QUEUED), run(RunState.STARTED), Verdict.REQUEUE),
+        (record(JobStatus.QUEUED), run(RunState.STARTED, ago=5), None),
+        # the run failed before its op started and nothing recorded it.
+        (record(JobStatus.QUEUED), run(RunState.FAILURE), Verdict.FAIL_ATTEMPT),
+        (record(JobStatus.QUEUED), run(RunState.FAILURE, ago=5), None),
+        # started: alive while it beats.
+        (record(JobStatus.STARTED, beat_ago=5), run(RunState.STARTED), None),
+        (record(JobStatus.STARTED, beat_ago=31), run(RunState.STARTED), Verdict.FAIL_ATTEMPT),
+        (record(JobStatus.STARTED), run(RunState.STARTED), Verdict.FAIL_ATTEMPT),  # never beat
+    ],
+)
+def test_diagnosis_table(job: JobRecord, snapshot: RunSnapshot | None, expected: Verdict | None) -> None:
+    assert verdict(job, snapshot) == expected
+
+
+def test_the_broker_is_asked_only_when_it_decides() -> None:
+    asked: list[str] = []
+
+    def in_broker() -> bool:
+        asked.append("asked")
+        return True
+
+    at = (NOW - timedelta(seconds=120)).timestamp()
+    for state in (RunState.QUEUED, RunState.STARTED, RunState.FAILURE):
+        diagnose(
+            record(JobStatus.QUEUED),
+            RunSnapshot("r1", state, launched_at=at, started_at=at, ended_at=at, in_broker=in_broker),
+            now=NOW,
+            grace=GRACE,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        )
+    assert asked == []
+    diagnose(
+        record(JobStatus.QUEUED),
+        RunSnapshot("r1", RunState.STARTING, launched_at=at, in_broker=in_broker),
+        now=NOW,
+        grace=GRACE,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+    )
+    assert asked == ["asked"]
+
+
+def test_run_states_are_dagsters() -> None:
+    import dagster as dg
+
+    assert {s.value for s in RunState} == {s.value for s in dg.DagsterRunStatus}

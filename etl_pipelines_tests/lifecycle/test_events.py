@@ -1,0 +1,321 @@
+"""The transition table, every event against every status, on an in-memory job table (no services)."""
+
+import itertools
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from etl_pipelines.lifecycle import TRANSITIONS, NewJob, Refused, RetrySchedule, events
+from etl_pipelines.store import SYSTEM_ACTOR, JobNotFoundError, JobRecord, JobStateError, JobStatus, JobStore
+
+SCHEDULE = RetrySchedule.explicit((60.0, 300.0))
+QUEUES = ("high", "medium", "low", "default")
+
+
+@pytest.fixture
+def store() -> JobStore:
+    return JobStore.in_memory()
+
+
+def new(store: JobStore, job_id: str = "j1", **fields: Any) -> JobRecord:
+    job = NewJob(
+        id=job_id,
+        job_type=fields.pop("job_type", "fibonacci"),
+        job_class="etl_pipelines.jobs.fibonacci.Fibonacci",
+        queue=fields.pop("queue", "low"),
+        payload=fields.pop("payload", {"n": 1}),
+        schedule=fields.pop("schedule", SCHEDULE),
+    )
+    return events.bootstrap(store, job, fields.pop("run_id", job_id))
+
+
+def put(store: JobStore, job_id: str, status: JobStatus, **values: Any) -> JobRecord:
+    """Place a job in `status` directly (test set-up only: no rule is checked)."""
+    return store.transition(job_id, "test_setup", status=status, **values)
+
+
+# One way to make each event happen to job j1, acting for its run r1 where the row needs a run.
+EVENTS: dict[str, Callable[[JobStore], JobRecord]] = {
+    "started": lambda s: events.started(s, "j1", "r1"),
+    "completed": lambda s: events.completed(s, "j1", "r1", {"ok": True}),
+    "attempt_failed": lambda s: events.attempt_failed(
+        s, "j1", "r1", error="E: x", traceback="tb", schedule=SCHEDULE
+    ),
+    "run_failed": lambda s: events.attempt_failed(
+        s, "j1", "r1", error="E: x", traceback=None, schedule=SCHEDULE, inside_op=False
+    ),
+    "cancelled": lambda s: events.cancelled(s, "j1", "r1"),
+    "rejected": lambda s: events.admit_run(s, _job(queue="urgent"), "r1", parent_run_id=None, queues=QUEUES),
+    "run_queued": lambda s: events.run_queued(s, "j1", "r2", parent_run_id=None),
+    "retry": lambda s: events.claim_due_retry(s, s.require("j1")),
+    "retry_deferred": lambda s: events.retry_not_queued(s, s.require("j1"), "E: down"),
+    "manual_retry": lambda s: events.claim_manual_retry(s, "j1", actor="alice", reason="fixed"),
+    "retry_failed": lambda s: events.manual_retry_not_queued(s, s.require("j1"), "E: down", actor="alice"),
+    "marked_completed": lambda s: events.mark_completed(s, "j1", actor="bob", reason="done by hand"),
+    "recovering": lambda s: events.claim_recovery(s, s.require("j1"), "lost"),
+}
+
+
+def _job(**fields: Any) -> NewJob:
+    values: dict[str, Any] = dict(
+        id="j1", job_type="fibonacci", job_class="x", queue="low", payload={"n": 1}, schedule=SCHEDULE
+    )
+    values.update(fields)
+    return NewJob(**values)
+
+
+def test_every_event_of_the_table_is_exercised() -> None:
+    assert set(EVENTS) == set(TRANSITIONS)
+
+
+@pytest.mark.parametrize(("event", "status"), list(itertools.product(TRANSITIONS, JobStatus)))
+def test_each_event_happens_only_from_its_statuses(store: JobStore, event: str, status: JobStatus) -> None:
+    new(store, run_id="r1")
+    put(store, "j1", status, next_retry_at=datetime.now(UTC))
+    before = store.require("j1")
+    trail = len(store.history("j1"))
+    row = TRANSITIONS[event]
+    if status in row.sources:
+        after = EVENTS[event](store) if event != "rejected" else _rejected(store)
+        if row.target is not None:
+            assert after.status == row.target
+        assert len(store.history("j1")) == trail + 1
+        return
+    with pytest.raises((JobStateError, Refused)):
+        EVENTS[event](store)
+    after = store.require("j1")
+    assert (after.status, after.updated_at, after.run_ids) == (
+        before.status,
+        before.updated_at,
+        before.run_ids,
+    )
+    assert len(store.history("j1")) == trail  # a refused event leaves no audit row
+
+
+def _rejected(store: JobStore) -> JobRecord:
+    with pytest.raises(Refused, match="unknown queue 'urgent'"):
+        EVENTS["rejected"](store)
+    return store.require("j1")
+
+
+@pytest.mark.parametrize("event", [e for e, row in TRANSITIONS.items() if row.on_run and e != "recovering"])
+def test_events_of_a_run_refuse_another_run(store: JobStore, event: str) -> None:
+    """An outcome from a superseded run is refused, whatever status the job is in."""
+    new(store, run_id="r0")  # the job is on run r0; the events act for r1
+    for status in TRANSITIONS[event].sources:
+        put(store, "j1", status)
+        with pytest.raises((JobStateError, Refused)):
+            EVENTS[event](store)
+        assert store.require("j1").status == status
+
+
+def test_a_whole_life_and_its_audit_trail(store: JobStore) -> None:
+    new(store, "h1")
+    events.started(store, "h1", "h1")
+    schedule = RetrySchedule.explicit(())
+    events.attempt_failed(store, "h1", "h1", error="E: broken", traceback="tb", schedule=schedule)
+    events.claim_manual_retry(store, "h1", actor="alice", reason="fixed")
+    events.run_queued(store, "h1", "r2", parent_run_id="h1")
+    events.started(store, "h1", "r2")
+    events.attempt_failed(store, "h1", "r2", error="E: again", traceback=None, schedule=schedule)
+    events.mark_completed(store, "h1", actor="bob", reason="done by hand")
+    trail = store.history("h1")
+    assert [(e.action, e.from_status, e.to_status) for e in trail] == [
+        ("queued", None, "queued"),
+        ("started", "queued", "started"),
+        ("failed", "started", "failed"),
+        ("manual_retry", "failed", "queued"),
+        ("run_queued", "queued", "queued"),
+        ("started", "queued", "started"),
+        ("failed", "started", "failed"),
+        ("marked_completed", "failed", "completed"),
+    ]
+    assert [e.actor for e in trail if e.actor != SYSTEM_ACTOR] == ["alice", "bob"]
+    assert trail[2].reason == "E: broken" and trail[-1].reason == "done by hand"
+    assert [e.run_id for e in trail][-3:] == ["r2", "r2", "r2"]
+    record = store.require("h1")
+    assert record.result == {"resolved_manually": "done by hand"} and record.run_ids == ["h1", "r2"]
+    assert record.created_at <= record.started_at <= record.finished_at <= record.updated_at
+
+
+def test_retries_count_retries_performed(store: JobStore) -> None:
+    """Three retries: retry_count is 3 after the last failure, not 4; waits follow the schedule."""
+    schedule = RetrySchedule.explicit((1.0, 5.0, 15.0))
+    new(store, schedule=schedule)
+    waits = []
+    for attempt in range(4):
+        events.started(store, "j1", "j1")
+        after = events.attempt_failed(store, "j1", "j1", error="E", traceback=None, schedule=schedule)
+        assert after.retry_count == attempt
+        if attempt == 3:
+            assert after.status == JobStatus.FAILED and after.next_retry_at is None
+            break
+        assert after.status == JobStatus.WAITING_RETRY
+        waits.append(round((after.next_retry_at - after.updated_at).total_seconds()))
+        events.claim_due_retry(store, after)
+    assert waits == [1, 5, 15]
+    assert store.require("j1").retry_count == 3
+    assert store.require("j1").max_retries == 3
+
+
+def test_non_retryable_failures_fail_at_once(store: JobStore) -> None:
+    new(store)
+    events.started(store, "j1", "j1")
+    after = events.attempt_failed(
+        store, "j1", "j1", error="JobInputError: bad", traceback="tb", schedule=SCHEDULE, retryable=False
+    )
+    assert after.status == JobStatus.FAILED and after.retry_count == 0 and after.traceback == "tb"
+
+
+def test_a_deferred_retry_keeps_its_place_in_the_schedule(store: JobStore) -> None:
+    """A claimed retry that could not be queued waits again with the count it had (no attempt lost)."""
+    new(store)
+    events.started(store, "j1", "j1")
+    seen = events.attempt_failed(store, "j1", "j1", error="E: first", traceback=None, schedule=SCHEDULE)
+    assert events.claim_due_retry(store, seen).retry_count == 1
+    back = events.retry_not_queued(store, seen, "DagsterError: down")
+    assert back.status == JobStatus.WAITING_RETRY and back.retry_count == 0 and back.error == "E: first"
+    assert abs(back.next_retry_at - back.updated_at - events.REQUEUE_DELAY) < timedelta(seconds=1)
+
+
+def test_a_manual_retry_that_cannot_be_queued_leaves_the_job_failed(store: JobStore) -> None:
+    new(store)
+    events.started(store, "j1", "j1")
+    schedule = RetrySchedule.explicit(())
+    before = events.attempt_failed(store, "j1", "j1", error="E: x", traceback="tb", schedule=schedule)
+    events.claim_manual_retry(store, "j1", actor="alice", reason=None)
+    after = events.manual_retry_not_queued(store, before, "DagsterError: down", actor="alice")
+    assert (after.status, after.error, after.traceback) == (JobStatus.FAILED, "E: x", "tb")
+
+
+def test_marking_completed_needs_a_reason(store: JobStore) -> None:
+    new(store)
+    put(store, "j1", JobStatus.FAILED)
+    with pytest.raises(ValueError, match="needs a reason"):
+        events.mark_completed(store, "j1", actor="bob", reason="  ")
+    assert store.require("j1").status == JobStatus.FAILED
+
+
+def test_missing_records_are_named(store: JobStore) -> None:
+    with pytest.raises(JobNotFoundError, match="no job with id 'nope'"):
+        events.started(store, "nope", "nope")
+    with pytest.raises(JobNotFoundError):
+        events.mark_completed(store, "nope", actor="bob", reason="x")
+
+
+def test_bootstrap_makes_one_record_whoever_asks(store: JobStore) -> None:
+    first = new(store, "b1", queue="high")
+    again = events.bootstrap(store, _job(id="b1", queue="low", payload={}), "other")
+    assert (again.queue, again.payload, again.run_ids) == ("high", {"n": 1}, ["b1"])
+    assert first.max_retries == 2
+    with pytest.raises(JobStateError, match="already exists"):
+        events.bootstrap(store, _job(id="b1"), "b1", must_be_new=True)
+    assert [e.action for e in store.history("b1")] == ["queued"]
+
+
+def test_admission(store: JobStore) -> None:
+    """A run from anywhere gets a record; another type's job id, an unknown queue, a second
+    re-execution of one run and a re-execution while an attempt runs are refused."""
+    record = events.admit_run(store, _job(id="a1"), "a1", parent_run_id=None, queues=QUEUES)
+    assert record.status == JobStatus.QUEUED and record.run_ids == ["a1"]
+    with pytest.raises(Refused, match="names a fibonacci job, not slow_query"):
+        events.admit_run(store, _job(id="a1", job_type="slow_query"), "x", parent_run_id=None, queues=QUEUES)
+    events.started(store, "a1", "a1")
+    with pytest.raises(Refused, match="job a1 is started"):
+        events.admit_run(store, _job(id="a1"), "a2", parent_run_id="a1", queues=QUEUES)
+    events.completed(store, "a1", "a1", 1)
+    again = events.admit_run(store, _job(id="a1", payload={"n": 2}), "a2", parent_run_id="a1", queues=QUEUES)
+    assert again.run_ids == ["a1", "a2"] and again.payload == {"n": 2} and again.result is None
+    with pytest.raises(Refused):  # a second re-execution of the same run
+        events.admit_run(store, _job(id="a1"), "a3", parent_run_id="a1", queues=QUEUES)
+    assert events.admit_run(store, _job(id="a1"), "a2", parent_run_id="a1", queues=QUEUES).run_ids == [
+        "a1",
+        "a2",
+    ]  # the same run admitted twice (a retried submission) changes nothing
+    # An unknown queue: a new job's record says why; an existing job's record is left alone.
+    with pytest.raises(Refused, match="unknown queue"):
+        events.admit_run(store, _job(id="q1", queue="urgent"), "q1", parent_run_id=None, queues=QUEUES)
+    assert store.require("q1").status == JobStatus.FAILED
+    assert store.require("q1").error.startswith("UnknownQueueError: unknown queue 'urgent'")
+    with pytest.raises(Refused):
+        events.admit_run(store, _job(id="a1", queue="urgent"), "a9", parent_run_id="a2", queues=QUEUES)
+    assert store.require("a1").status == JobStatus.QUEUED and store.require("a1").run_id == "a2"
+
+
+def test_a_finished_job_run_again_gets_its_whole_schedule(store: JobStore) -> None:
+    new(store)
+    put(store, "j1", JobStatus.FAILED, retry_count=2, error="E", finished_at=datetime.now(UTC))
+    again = events.run_queued(store, "j1", "r2", parent_run_id="j1")
+    assert (again.retry_count, again.error, again.finished_at) == (0, None, None)
+
+
+def test_recovery_claims_what_it_saw(store: JobStore) -> None:
+    seen = new(store)
+    events.claim_recovery(store, seen, "lost")
+    with pytest.raises(JobStateError):  # another recoverer with the same snapshot
+        events.claim_recovery(store, seen, "lost")
+    fresh = store.require("j1")
+    events.started(store, "j1", "j1")  # the worker got there after all
+    with pytest.raises(JobStateError):
+        events.claim_recovery(store, fresh, "lost")
+
+
+def test_superseded_attempt_outcomes_are_refused(store: JobStore) -> None:
+    """Recovery judged the first attempt lost and its retry runs: the old attempt's late outcome
+    (success or failure) changes nothing."""
+    new(store, run_id="r1")
+    events.started(store, "j1", "r1")
+    lost = events.attempt_failed(
+        store, "j1", "r1", error="WorkerLost", traceback=None, schedule=SCHEDULE, inside_op=False
+    )
+    events.claim_due_retry(store, lost)  # queued again, still on r1 until its run is submitted
+    with pytest.raises(JobStateError):
+        events.completed(store, "j1", "r1", "late")
+    with pytest.raises(JobStateError):
+        events.attempt_failed(store, "j1", "r1", error="late", traceback=None, schedule=SCHEDULE)
+    events.run_queued(store, "j1", "r2", parent_run_id="r1")
+    events.started(store, "j1", "r2")
+    with pytest.raises(JobStateError):
+        events.cancelled(store, "j1", "r1")
+    assert events.completed(store, "j1", "r2", "ok").result == "ok"
+
+
+def test_heartbeats_only_for_the_running_attempt(store: JobStore) -> None:
+    new(store)
+    assert not store.heartbeat("j1", "j1")  # queued: nothing runs
+    first = events.started(store, "j1", "j1").heartbeat_at
+    assert store.heartbeat("j1", "j1") and store.require("j1").heartbeat_at >= first
+    assert not store.heartbeat("j1", "other-run")
+    assert len(store.history("j1")) == 2  # beats are not audit events
+
+
+def test_concurrent_claims_one_wins(tmp_path: Path) -> None:
+    """Six processes' worth of claimers of one due retry (sensor, retry-job, UI): exactly one wins."""
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    new(store, "c1")
+    events.started(store, "c1", "c1")
+    seen = events.attempt_failed(store, "c1", "c1", error="E", traceback=None, schedule=SCHEDULE)
+    barrier = threading.Barrier(6)
+
+    def claim(_: int) -> str:
+        barrier.wait()
+        try:
+            events.claim_due_retry(store, seen)
+        except JobStateError:
+            return "refused"
+        except sa.exc.OperationalError as exc:  # SQLite: "database is locked", nothing written
+            assert "locked" in str(exc)
+            return "refused"
+        return "won"
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(claim, range(6)))
+    assert outcomes.count("won") == 1, outcomes
+    assert [e.action for e in store.history("c1")].count("retry") == 1
+    assert store.due_retries(datetime.now(UTC) + timedelta(minutes=10)) == []
