@@ -30,6 +30,7 @@ from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 from dagster._utils import ensure_file, touch_file
 
+from etl_pipelines.process_cache import ProcessCache
 from etl_pipelines.settings import LOCATION_NAME
 
 DEFINITIONS_MODULE = "etl_pipelines.definitions"
@@ -181,16 +182,9 @@ class RunSubmitter:
         return self.instance.submit_run(run.run_id, self._workspace)
 
 
-_submitters: dict[tuple[int, int], RunSubmitter] = {}
-_submitters_lock = threading.Lock()
+submitters: ProcessCache[RunSubmitter] = ProcessCache()
 
 
 def run_submitter(instance: dg.DagsterInstance) -> RunSubmitter:
     """One submitter per instance per process: the code location is loaded once."""
-    key = (os.getpid(), id(instance))
-    with _submitters_lock:
-        submitter = _submitters.get(key)
-        if submitter is None:
-            submitter = RunSubmitter(instance)
-            _submitters[key] = submitter
-        return submitter
+    return submitters.get(id(instance), lambda: RunSubmitter(instance))

@@ -1,17 +1,16 @@
 """The Dagster instance of this process: DAGSTER_HOME's, or the embedded default's."""
 
 import os
-import threading
 from importlib import resources
 from pathlib import Path
 
 import dagster as dg
 
 from etl_pipelines.framework._dagster_internal import pool_storage_connections
+from etl_pipelines.process_cache import ProcessCache
 from etl_pipelines.settings import dagster_home
 
-_instances: dict[tuple[int, Path], dg.DagsterInstance] = {}
-_lock = threading.Lock()
+instances: ProcessCache[dg.DagsterInstance] = ProcessCache(close=lambda instance: instance.dispose())
 
 
 def ensure_dagster_home() -> Path:
@@ -30,11 +29,10 @@ def ensure_dagster_home() -> Path:
 def get_instance() -> dg.DagsterInstance:
     """The process's instance for DAGSTER_HOME, opened once."""
     home = ensure_dagster_home()
-    key = (os.getpid(), home)
-    with _lock:
-        instance = _instances.get(key)
-        if instance is None:
-            instance = dg.DagsterInstance.from_config(str(home))
-            pool_storage_connections(instance)
-            _instances[key] = instance
+
+    def make() -> dg.DagsterInstance:
+        instance = dg.DagsterInstance.from_config(str(home))
+        pool_storage_connections(instance)
         return instance
+
+    return instances.get(home, make)

@@ -13,6 +13,7 @@ from datetime import timedelta
 import dagster as dg
 import redis
 
+from etl_pipelines.framework._dagster_internal import run_submitter
 from etl_pipelines.framework.retries import Action, run_failed, submit_new_run
 from etl_pipelines.lifecycle import RunSnapshot, RunState, Verdict, diagnose, events
 from etl_pipelines.settings import Settings
@@ -106,8 +107,6 @@ def _repair(
     detail: str,
 ) -> Action:
     if verdict == Verdict.SUBMIT and run is not None:
-        from etl_pipelines.framework._dagster_internal import run_submitter
-
         run_submitter(instance).submit_created(run)
         store.record_event(record.id, "recovered", reason=detail)
         return Action(record.id, "submitted", detail)

@@ -11,6 +11,7 @@ from datetime import datetime
 
 import dagster as dg
 
+from etl_pipelines.framework._dagster_internal import run_submitter
 from etl_pipelines.framework.op import run_config_for
 from etl_pipelines.framework.registry import get_job_type
 from etl_pipelines.framework.tags import JOB_ID_TAG, run_tags
@@ -54,8 +55,6 @@ def submit_new_run(instance: dg.DagsterInstance, record: JobRecord, settings: Se
     A re-execution keeps the parent's config and tags (queue, target, time limit) and links the
     runs in Dagster (parent and root run ids); the coordinator appends the new run to the record.
     """
-    from etl_pipelines.framework._dagster_internal import run_submitter
-
     submitter = run_submitter(instance)
     parent = instance.get_run_by_id(record.run_id) if record.run_id else None
     if parent is not None:

@@ -2,7 +2,6 @@
 
 import contextlib
 import os
-import threading
 import time
 from collections.abc import Iterator
 
@@ -11,11 +10,11 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from etl_pipelines.identifiers import check_identifier
+from etl_pipelines.process_cache import ProcessCache
 from etl_pipelines.settings import Settings
 from etl_pipelines.store.engine import create_engine
 
-_engines: dict[tuple[int, str, tuple[str, ...]], sa.Engine] = {}
-_lock = threading.Lock()
+engines: ProcessCache[sa.Engine] = ProcessCache(close=lambda engine: engine.dispose())
 
 
 def _sqlite_target_setup(schemas: tuple[str, ...], directory: str, stem: str):
@@ -35,19 +34,18 @@ def _sqlite_target_setup(schemas: tuple[str, ...], directory: str, stem: str):
 
 def target_engine(url: str, schemas: tuple[str, ...]) -> sa.Engine:
     """The process's engine for a target database (schemas attached on SQLite)."""
-    key = (os.getpid(), url, schemas)
-    with _lock:
-        engine = _engines.get(key)
-        if engine is None:
-            engine = create_engine(url)
-            parsed = sa.make_url(url)
-            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-                database = os.path.abspath(parsed.database)
-                stem = os.path.splitext(os.path.basename(database))[0]
-                setup = _sqlite_target_setup(schemas, os.path.dirname(database), stem)
-                sa.event.listen(engine, "connect", setup)
-            _engines[key] = engine
+
+    def make() -> sa.Engine:
+        engine = create_engine(url)
+        parsed = sa.make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            database = os.path.abspath(parsed.database)
+            stem = os.path.splitext(os.path.basename(database))[0]
+            setup = _sqlite_target_setup(schemas, os.path.dirname(database), stem)
+            sa.event.listen(engine, "connect", setup)
         return engine
+
+    return engines.get((url, schemas), make)
 
 
 class TargetDatabase(dg.ConfigurableResource):

@@ -1,13 +1,13 @@
 """Engines, one per database URL per process (Celery and Dagster fork: never share one across a fork)."""
 
 import os
-import threading
 from typing import Any
 
 import sqlalchemy as sa
 
-_engines: dict[tuple[int, str], sa.Engine] = {}
-_lock = threading.Lock()
+from etl_pipelines.process_cache import ProcessCache
+
+engines: ProcessCache[sa.Engine] = ProcessCache(close=lambda engine: engine.dispose())
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -21,13 +21,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def get_engine(url: str) -> sa.Engine:
     """The process's engine for `url`, created on first use."""
-    key = (os.getpid(), url)
-    with _lock:
-        engine = _engines.get(key)
-        if engine is None:
-            engine = create_engine(url)
-            _engines[key] = engine
-        return engine
+    return engines.get(url, lambda: create_engine(url))
 
 
 def create_engine(url: str) -> sa.Engine:
