@@ -1,4 +1,4 @@
-# One image for every etl_pipelines service (webserver, daemon; workers in the production issue).
+# One image for every etl_pipelines service (webserver, daemon, workers, metrics).
 FROM python:3.11-slim
 
 WORKDIR /opt/etl_pipelines
@@ -7,6 +7,7 @@ COPY etl_pipelines ./etl_pipelines
 RUN pip install --no-cache-dir .
 COPY workspace.yaml ./
 
-# The production instance: PostgreSQL storage from ETL_DATABASE_URL (see dagster.yaml).
+# The production instance (see dagster.yaml): PostgreSQL storage and the job table from
+# ETL_DATABASE_URL, the Celery run launcher on ETL_REDIS_URL.
 ENV DAGSTER_HOME=/opt/dagster/home
 COPY dagster.yaml /opt/dagster/home/dagster.yaml

@@ -93,11 +93,6 @@ class Settings:
             ),
         )
 
-    @property
-    def heartbeat_timeout(self) -> float:
-        """A started job whose heartbeat is older than this has lost its process (3 beats missed)."""
-        return 3 * self.heartbeat_seconds
-
     def require_redis(self) -> str:
         """ETL_REDIS_URL, which the Celery launcher and workers cannot do without."""
         if not self.redis_url:

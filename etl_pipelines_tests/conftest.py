@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from etl_pipelines.store import JobStore
 from etl_pipelines_tests.harness import REPO, Deployment, instance_yaml
@@ -26,6 +27,27 @@ TEST_RETRY_DELAYS = "1,2,3"
 
 # Environment variables that must not leak from the developer's shell into tests.
 _ETL_VARS = [name for name in os.environ if name.startswith("ETL_")] + ["DAGSTER_HOME"]
+
+
+# Fixtures that reach a real service (PostgreSQL, Redis) or start real processes: a test using one,
+# or marked e2e, is marked slow; the rest is the fast tier (`make test-fast`: no services, seconds).
+SERVICE_FIXTURES = {
+    "pg_template",
+    "pg_url",
+    "redis_url",
+    "redis_prefix",
+    "pg_deployment",
+    "sqlite_deployment",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        # Fixtures parametrized over backends ask for PostgreSQL at run time (getfixturevalue).
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if fixtures & SERVICE_FIXTURES or item.get_closest_marker("e2e") or "postgres" in params.values():
+            item.add_marker(pytest.mark.slow)
 
 
 def _admin_engine() -> sa.Engine:
@@ -71,15 +93,13 @@ def pg_template() -> Iterator[str]:
 
 def _dispose_all() -> None:
     """Close the pooled connections this process holds (job table, targets, Dagster instances)."""
-    from etl_pipelines.framework import instance as instances
-    from etl_pipelines.resources import database
-    from etl_pipelines.store import engine as store_engine
+    from etl_pipelines.framework._dagster_internal import submitters
+    from etl_pipelines.framework.instance import instances
+    from etl_pipelines.resources.database import engines as target_engines
+    from etl_pipelines.store.engine import engines
 
-    for engine in [*store_engine._engines.values(), *database._engines.values()]:
-        engine.dispose()
-    for instance in instances._instances.values():
-        instance.dispose()
-    instances._instances.clear()
+    for cache in (submitters, instances, target_engines, engines):
+        cache.clear()
 
 
 @pytest.fixture(scope="module")
@@ -179,11 +199,18 @@ def production_deployment(
     **env: str,
 ) -> Iterator[Deployment]:
     """A deployment on the production dagster.yaml (or `dagster_yaml`), its processes stopped after."""
+    dagster_yaml = dagster_yaml or instance_yaml(PRODUCTION_YAML)
+    config = yaml.safe_load(dagster_yaml)
+    launcher = config.get("run_launcher") or {}
+    if "ETL_HEARTBEAT_SECONDS" in env and launcher.get("class") == "EtlCeleryRunLauncher":
+        # The launcher's health check judges heartbeats by the interval the workers beat at.
+        launcher["config"]["heartbeat_seconds"] = float(env["ETL_HEARTBEAT_SECONDS"])
+        dagster_yaml = yaml.safe_dump(config)
     deployment = make_deployment(
         monkeypatch,
         home,
         pg_url,
-        dagster_yaml or instance_yaml(PRODUCTION_YAML),
+        dagster_yaml,
         ETL_REDIS_URL=redis_url,
         ETL_REDIS_KEY_PREFIX=redis_prefix,
         **env,

@@ -61,9 +61,16 @@ def free_port() -> int:
 
 
 def instance_yaml(source: Path, **coordinator_config: Any) -> str:
-    """A dagster.yaml from `source` (the repo's or the embedded one) with coordinator overrides."""
+    """A dagster.yaml from `source` (the repo's or the embedded one) with coordinator overrides.
+
+    The Celery launcher gets the test's Redis key prefix from ETL_REDIS_KEY_PREFIX, as a user with
+    a prefix configures it: every production test deployment sets it, and its workers read it.
+    """
     config = yaml.safe_load(source.read_text())
     config["run_coordinator"]["config"].update(coordinator_config)
+    launcher = config.get("run_launcher") or {}
+    if launcher.get("class") == "EtlCeleryRunLauncher":
+        launcher["config"]["redis_key_prefix"] = {"env": "ETL_REDIS_KEY_PREFIX"}
     return yaml.safe_dump(config)
 
 

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from etl_pipelines.framework.dispatch import dispatch
+from etl_pipelines.lifecycle import NewJob, RetrySchedule, events
 from etl_pipelines.store import JobRecord, JobStatus, JobStore
 from etl_pipelines_tests.harness import BIN, REPO, Deployment, free_port, poll, wait_for_jobs
 
@@ -225,8 +226,10 @@ def test_alert_is_retried_until_the_webhook_answers(
     clean_env.setenv("ETL_DATABASE_URL", pg_url)
     store = JobStore(pg_url)
     job_id = f"alert-{os.getpid()}-{tmp_path.name}"[:36]
-    store.create(id=job_id, job_type="failed_job", job_class="x", queue="default", payload={}, max_retries=0)
-    store.mark_failed(job_id, error="FailedJobError: x", traceback=None)
+    none = RetrySchedule.explicit(())
+    events.bootstrap(store, NewJob(job_id, "failed_job", "x", "default", {}, none), job_id)
+    events.started(store, job_id, job_id)
+    events.attempt_failed(store, job_id, job_id, error="FailedJobError: x", traceback=None, schedule=none)
     sensor = defs.resolve_sensor_def("failure_alerts")
     port = free_port()
     clean_env.setenv("ETL_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{port}/alerts")

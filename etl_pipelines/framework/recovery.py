@@ -49,7 +49,7 @@ def recover(
                 snapshot,
                 now=utcnow(),
                 grace=settings.recovery_grace_seconds,
-                heartbeat_timeout=settings.heartbeat_timeout,
+                heartbeat_seconds=settings.heartbeat_seconds,
             )
             if finding is None:
                 continue

@@ -11,7 +11,7 @@ broker when it matters); `diagnose()` reads it beside the job record, as a table
 | queued        | STARTING past the grace, task not in the broker   | requeue: no attempt charged     |
 | queued        | STARTED past the grace, the op never began        | requeue: no attempt charged     |
 | queued        | FAILURE past the grace, no failure recorded       | fail_attempt                    |
-| started       | heartbeat older than the heartbeat timeout        | fail_attempt                    |
+| started       | heartbeat more than BEATS_MISSED beats old        | fail_attempt                    |
 | anything else, or a record changed within the grace               | none                            |
 """
 
@@ -52,6 +52,26 @@ class RunSnapshot:
     in_broker: Callable[[], bool] | None = None
 
 
+# A started attempt whose heartbeat is this many beats old has lost its process.
+BEATS_MISSED = 3
+
+
+def beats(record: JobRecord, *, now: datetime, heartbeat_seconds: float) -> bool:
+    """Is the started attempt of `record` still beating (its last beat under BEATS_MISSED beats old)?"""
+    beat = record.heartbeat_at
+    return beat is not None and (now - beat).total_seconds() <= BEATS_MISSED * heartbeat_seconds
+
+
+def run_alive(record: JobRecord | None, run_id: str, *, now: datetime, heartbeat_seconds: float) -> bool:
+    """Run health when the broker cannot say (a flushed result backend): is the job's attempt in
+    `run_id` alive? Queued on it: the run is setting up its op (ms); finished: the run is ending."""
+    if record is None or record.run_id != run_id:
+        return False
+    if record.status == JobStatus.STARTED:
+        return beats(record, now=now, heartbeat_seconds=heartbeat_seconds)
+    return record.status == JobStatus.QUEUED or record.status.is_final
+
+
 class Verdict(enum.StrEnum):
     SUBMIT = "submit"  # the run was never created or never submitted: do it now
     REQUEUE = "requeue"  # the run's work is lost before the op began: a new run, no attempt charged
@@ -70,7 +90,7 @@ def diagnose(
     *,
     now: datetime,
     grace: float,
-    heartbeat_timeout: float,
+    heartbeat_seconds: float,
 ) -> Finding | None:
     """What to do for a job whose work is lost, or None if it is fine (or too young to judge)."""
     unix_now = now.timestamp()
@@ -98,11 +118,10 @@ def diagnose(
         if run.state == RunState.FAILURE and older(run.ended_at, grace):
             return Finding(Verdict.FAIL_ATTEMPT, f"run {run.run_id} failed before its op started")
         return None
-    if record.status == JobStatus.STARTED:
+    if record.status == JobStatus.STARTED and not beats(record, now=now, heartbeat_seconds=heartbeat_seconds):
         beat = record.heartbeat_at
-        if beat is None or (now - beat).total_seconds() > heartbeat_timeout:
-            seen = f"{beat:%H:%M:%S} UTC" if beat else "never"
-            return Finding(
-                Verdict.FAIL_ATTEMPT, f"no heartbeat from its worker since {seen} (run {record.run_id})"
-            )
+        seen = f"{beat:%H:%M:%S} UTC" if beat else "never"
+        return Finding(
+            Verdict.FAIL_ATTEMPT, f"no heartbeat from its worker since {seen} (run {record.run_id})"
+        )
     return None

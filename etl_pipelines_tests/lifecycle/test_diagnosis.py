@@ -5,11 +5,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from etl_pipelines.lifecycle import Finding, RunSnapshot, RunState, Verdict, diagnose
+from etl_pipelines.lifecycle.diagnosis import run_alive
 from etl_pipelines.store import JobRecord, JobStatus
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 GRACE = 30.0
-HEARTBEAT_TIMEOUT = 30.0
+HEARTBEAT_SECONDS = 10.0  # 3 missed beats: 30 s
 
 
 def record(status: JobStatus, changed_ago: float = 120, beat_ago: float | None = None) -> JobRecord:
@@ -39,7 +40,7 @@ def run(state: RunState, ago: float = 120, in_broker: bool | None = None) -> Run
 
 
 def verdict(job: JobRecord, snapshot: RunSnapshot | None) -> Verdict | None:
-    found = diagnose(job, snapshot, now=NOW, grace=GRACE, heartbeat_timeout=HEARTBEAT_TIMEOUT)
+    found = diagnose(job, snapshot, now=NOW, grace=GRACE, heartbeat_seconds=HEARTBEAT_SECONDS)
     assert found is None or (isinstance(found, Finding) and found.detail)
     return None if found is None else found.verdict
 
@@ -92,7 +93,7 @@ def test_the_broker_is_asked_only_when_it_decides() -> None:
             RunSnapshot("r1", state, launched_at=at, started_at=at, ended_at=at, in_broker=in_broker),
             now=NOW,
             grace=GRACE,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            heartbeat_seconds=HEARTBEAT_SECONDS,
         )
     assert asked == []
     diagnose(
@@ -100,7 +101,7 @@ def test_the_broker_is_asked_only_when_it_decides() -> None:
         RunSnapshot("r1", RunState.STARTING, launched_at=at, in_broker=in_broker),
         now=NOW,
         grace=GRACE,
-        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        heartbeat_seconds=HEARTBEAT_SECONDS,
     )
     assert asked == ["asked"]
 
@@ -109,3 +110,21 @@ def test_run_states_are_dagsters() -> None:
     import dagster as dg
 
     assert {s.value for s in RunState} == {s.value for s in dg.DagsterRunStatus}
+
+
+@pytest.mark.parametrize(
+    ("job", "run_id", "alive"),
+    [
+        (record(JobStatus.STARTED, beat_ago=5), "r1", True),
+        (record(JobStatus.STARTED, beat_ago=31), "r1", False),
+        (record(JobStatus.STARTED), "r1", False),  # never beat
+        (record(JobStatus.STARTED, beat_ago=5), "other", False),  # the job is on another run
+        (record(JobStatus.QUEUED), "r1", True),  # the run is setting up its op
+        (record(JobStatus.COMPLETED), "r1", True),  # the run is finishing
+        (record(JobStatus.WAITING_RETRY), "r1", False),
+    ],
+)
+def test_run_health_from_the_heartbeat(job: JobRecord, run_id: str, alive: bool) -> None:
+    """What the Celery launcher answers run monitoring once Redis has forgotten a running task."""
+    assert run_alive(job, run_id, now=NOW, heartbeat_seconds=HEARTBEAT_SECONDS) is alive
+    assert run_alive(None, run_id, now=NOW, heartbeat_seconds=HEARTBEAT_SECONDS) is False

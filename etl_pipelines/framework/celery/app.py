@@ -6,21 +6,27 @@ from typing import Any
 from celery import Celery
 
 from etl_pipelines.framework.celery.task import EXECUTE_RUN_TASK, execute_run
-from etl_pipelines.settings import Settings
+
+# A message a worker took but has not acknowledged is redelivered after this long: longer than
+# any run may last. Any client that consumes from Redis (a worker, a control reply such as
+# `ping`) may redeliver with its own value, so it is one constant for every app, not a setting.
+VISIBILITY_TIMEOUT_SECONDS = 6 * 3600
 
 
-def make_celery(settings: Settings) -> Celery:
-    """The Celery app for ETL_REDIS_URL: strict queue order, acknowledged after the run."""
-    url = settings.require_redis()
-    app = Celery("etl_pipelines", broker=url, backend=url, set_as_current=False)
+def make_celery(redis_url: str, *, key_prefix: str = "", default_queue: str) -> Celery:
+    """The Celery app on `redis_url` (broker and result backend): strict queue order, acked after the run.
+
+    Every Redis key it writes starts with `key_prefix` (several deployments on one Redis): the
+    launcher and the workers of one deployment must agree on it and on `redis_url`.
+    """
+    app = Celery("etl_pipelines", broker=redis_url, backend=redis_url, set_as_current=False)
     transport: dict[str, Any] = {
         # Pop the worker's queues in the order given (high first), never round-robin.
         "queue_order_strategy": "priority",
-        # A message unacknowledged this long is redelivered: longer than any run may last.
-        "visibility_timeout": 6 * 3600,
+        "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
     }
-    if settings.redis_key_prefix:
-        transport["global_keyprefix"] = settings.redis_key_prefix
+    if key_prefix:
+        transport["global_keyprefix"] = key_prefix
     app.conf.update(
         broker_transport_options=transport,
         result_backend_transport_options=dict(transport),
@@ -32,7 +38,7 @@ def make_celery(settings: Settings) -> Celery:
         # Dagster logs to stderr itself; Celery re-logging it as WARNING only doubles the noise.
         worker_redirect_stdouts=False,
         result_expires=7 * 24 * 3600,
-        task_default_queue=settings.queues[-1],
+        task_default_queue=default_queue,
     )
     app.task(name=EXECUTE_RUN_TASK, bind=True)(execute_run)
     return app

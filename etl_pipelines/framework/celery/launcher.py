@@ -27,15 +27,38 @@ from etl_pipelines.framework._dagster_internal import (
 )
 from etl_pipelines.framework.celery.app import make_celery
 from etl_pipelines.framework.celery.task import EXECUTE_RUN_TASK
-from etl_pipelines.framework.tags import QUEUE_TAG
-from etl_pipelines.settings import Settings
+from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
+from etl_pipelines.lifecycle.diagnosis import BEATS_MISSED, run_alive
+from etl_pipelines.settings import DEFAULT_QUEUES
+from etl_pipelines.store import JobStore
+from etl_pipelines.store.models import utcnow
 
 
 class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
-    """Sends each run to the Celery queue of its etl/queue tag; workers execute it warm."""
+    """Sends each run to the Celery queue of its etl/queue tag; workers execute it warm.
 
-    def __init__(self, inst_data: ConfigurableClassData | None = None):
+    Configured in dagster.yaml (`config_type`), like dagster-celery's CeleryRunLauncher: the
+    Redis URL and key prefix must be the ones the deployment's `etl-jobs worker`s use
+    (ETL_REDIS_URL, ETL_REDIS_KEY_PREFIX), the job table and heartbeat the ones its jobs write.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        job_database_url: str,
+        redis_key_prefix: str = "",
+        default_queue: str = DEFAULT_QUEUES[-1],
+        heartbeat_seconds: float = 10.0,
+        inst_data: ConfigurableClassData | None = None,
+    ):
+        if heartbeat_seconds <= 0:
+            raise ValueError(f"heartbeat_seconds must be positive; got {heartbeat_seconds!r}")
         self._inst_data = inst_data
+        self.redis_url = redis_url
+        self.job_database_url = job_database_url
+        self.redis_key_prefix = redis_key_prefix
+        self.default_queue = default_queue
+        self.heartbeat_seconds = heartbeat_seconds
         self._app: Celery | None = None
         self._app_pid: int | None = None
         super().__init__()
@@ -44,7 +67,9 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
     def app(self) -> Celery:
         # Created on first use and again after a fork: the daemon and webserver fork workers.
         if self._app is None or self._app_pid != os.getpid():
-            self._app = make_celery(Settings.from_env())
+            self._app = make_celery(
+                self.redis_url, key_prefix=self.redis_key_prefix, default_queue=self.default_queue
+            )
             self._app_pid = os.getpid()
         return self._app
 
@@ -54,18 +79,63 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:
-        return {}
+        return {
+            "redis_url": dg.Field(
+                dg.StringSource,
+                description=(
+                    "Redis URL of the Celery broker and result backend, e.g. redis://host:6379/0: "
+                    "the one the workers use (their ETL_REDIS_URL)."
+                ),
+            ),
+            "redis_key_prefix": dg.Field(
+                dg.StringSource,
+                is_required=False,
+                default_value="",
+                description=(
+                    "Prefix of every Redis key Celery writes, for several deployments on one Redis: "
+                    "the one the workers use (their ETL_REDIS_KEY_PREFIX). Default: none."
+                ),
+            ),
+            "default_queue": dg.Field(
+                dg.StringSource,
+                is_required=False,
+                default_value=DEFAULT_QUEUES[-1],
+                description=(
+                    "Celery queue of a run without an etl/queue tag (every job run gets one when it "
+                    f"is submitted): the last of ETL_QUEUES. Default: {DEFAULT_QUEUES[-1]!r}."
+                ),
+            ),
+            "job_database_url": dg.Field(
+                dg.StringSource,
+                description=(
+                    "SQLAlchemy URL of the database holding the etl_jobs table (ETL_DATABASE_URL). "
+                    "When the result backend no longer knows a run's task (Redis flushed), the "
+                    "health check asks it whether the run's attempt still beats."
+                ),
+            ),
+            "heartbeat_seconds": dg.Field(
+                float,
+                is_required=False,
+                default_value=10.0,
+                description=(
+                    "How often running jobs write their heartbeat: the workers' ETL_HEARTBEAT_SECONDS. "
+                    f"An attempt {BEATS_MISSED} beats late is not alive. Default: 10."
+                ),
+            ),
+        }
 
     @classmethod
     def from_config_value(
         cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
     ) -> "EtlCeleryRunLauncher":
-        return cls(inst_data=inst_data)
+        return cls(inst_data=inst_data, **config_value)
+
+    def _queue(self, run: dg.DagsterRun) -> str:
+        return run.tags.get(QUEUE_TAG) or self.default_queue
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
-        settings = Settings.from_env()
-        queue = run.tags.get(QUEUE_TAG) or settings.queues[-1]
+        queue = self._queue(run)
         # The task id is the run id, so health checks and revocation need no extra bookkeeping.
         self.app.send_task(EXECUTE_RUN_TASK, args=[run.run_id], queue=queue, task_id=run.run_id)
         self._instance.report_engine_event(f"Sent to Celery queue {queue!r}.", run, cls=self.__class__)
@@ -85,10 +155,9 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
         Recovery asks this of runs stuck in STARTING. A missing task is a plain False; an
         unreachable Redis raises (redis.ConnectionError), so "don't know" is never "gone".
         """
-        settings = Settings.from_env()
-        queue = run.tags.get(QUEUE_TAG) or settings.queues[-1]
-        prefix = settings.redis_key_prefix
-        client = redis.Redis.from_url(settings.require_redis())
+        queue = self._queue(run)
+        prefix = self.redis_key_prefix
+        client = redis.Redis.from_url(self.redis_url)
         try:
             # kombu keeps one list per priority step (queue, queue\x06\x163, ...) and the
             # messages workers hold in the "unacked" hash until they acknowledge them (acks_late).
@@ -120,22 +189,11 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
         return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"Celery task state {state}, no heartbeat.")
 
     def _attempt_alive(self, run: dg.DagsterRun) -> bool:
-        from etl_pipelines.framework.tags import job_id_of
-        from etl_pipelines.store import JobStatus, JobStore
-        from etl_pipelines.store.models import utcnow
-
-        settings = Settings.from_env()
-        record = JobStore(settings.database_url).get(job_id_of(run))
-        if record is None or record.run_id != run.run_id:
-            return False
-        if record.status != JobStatus.STARTED:
-            # Queued: the run is setting up its op (ms); done: the run is finishing.
-            return record.status in (JobStatus.QUEUED, *(s for s in JobStatus if s.is_final))
-        beat = record.heartbeat_at
-        return beat is not None and (utcnow() - beat).total_seconds() < settings.heartbeat_timeout
+        record = JobStore(self.job_database_url).get(job_id_of(run))
+        return run_alive(record, run.run_id, now=utcnow(), heartbeat_seconds=self.heartbeat_seconds)
 
 
-def _task_id(raw: bytes, wrapped: bool = False) -> str | None:
+def _task_id(raw: bytes | str, wrapped: bool = False) -> str | None:
     """The Celery task id of a kombu message as Redis stores it (unacked entries are wrapped)."""
     try:
         message = json.loads(raw)
