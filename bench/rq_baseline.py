@@ -1,84 +1,94 @@
 """RQ baseline: what the old "RQ + SQLAlchemy" design drains on this machine, for comparison.
 
-Enqueues N trivial jobs (Fibonacci n=10, plus the job-row INSERT the old design made per job),
-then drains them with W RQ workers in burst mode, once with RQ's forking `Worker` and once with
-its non-forking `SimpleWorker`, and reports enqueue latency and jobs/s. `--workers 1,2` repeats
-everything per worker count (the second-worker ratio). Worker CPU per job is the burst workers'
-CPU (getrusage of the reaped children: each worker with its reaped work horses) over the drain
-divided by N, start-up and import included; worker memory is the largest peak RSS (ru_maxrss)
-among them.
+N trivial jobs enqueued as the old design did (a job-row INSERT, then `Queue.enqueue`; the job
+computes F(10) and updates its row over a new connection), then drained by W burst workers, with
+RQ's forking `Worker` and with `SimpleWorker`, for every W of --workers. Reported: enqueue + insert
+latency, drain time (worker start-up included), jobs/s, worker CPU per job (getrusage of the reaped
+workers and their work horses, start-up included) and the largest peak RSS of a worker. The
+measured part is a child run by --rq-python (rq is bench-only: that venv is created if missing)
+against a scratch database etl_bench_rq_<random> and queues of its own, removed afterwards.
 
-RQ is a bench-only dependency: run this with an interpreter that has `rq` and `redis`, e.g.
-
-    python3 -m venv /tmp/rqvenv && /tmp/rqvenv/bin/pip install rq redis psycopg2-binary
-    /tmp/rqvenv/bin/python bench/rq_baseline.py --count 1000 --workers 2
-    /tmp/rqvenv/bin/python bench/rq_baseline.py --count 1000 --workers 1,2 --json
-
-It uses Redis DB 0 under a queue name of its own and a scratch PostgreSQL database
-(etl_bench_rq_<random>), both removed afterwards.
+examples:
+  .venv/bin/python bench/rq_baseline.py                            # N = 1000, 1 and 2 workers
+  .venv/bin/python bench/rq_baseline.py --count 300 --workers 2 --rq-python /tmp/rqvenv/bin/python
 """
 
-import argparse
 import contextlib
-import json
 import os
-import platform
 import resource
 import signal
-import statistics
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-import psycopg2
-from redis import Redis
-from rq import Queue
-
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+import harness
 
 
-def fib(n: int, dsn: str | None = None, row_id: int | None = None) -> int:
-    """The job: the work is trivial, like the Fibonacci job of the Dagster benchmark."""
+def arguments(parser):
+    parser.add_argument("--count", type=int, default=1000, help="jobs per drain (%(default)s)")
+    parser.add_argument("--workers", default="1,2", help="worker counts, comma-separated (%(default)s)")
+    parser.add_argument("--rq-python", default="/tmp/rqvenv/bin/python", help="with rq (%(default)s)")
+
+
+def fib(n: int, dsn: str, row_id: int) -> int:
+    """The job: trivial work, then its row updated over a new connection, as the old worker did."""
+    import psycopg2
+
     a, b = 0, 1
     for _ in range(n):
         a, b = b, a + b
-    if dsn:
-        # The old worker opened a session per job and recorded the outcome in the job row.
-        with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
-            cursor.execute("UPDATE jobs SET status = 'completed', result = %s WHERE id = %s", (a, row_id))
+    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.execute("UPDATE jobs SET status = 'completed', result = %s WHERE id = %s", (a, row_id))
     return a
 
 
-def drain(
-    queue_name: str, workers: int, worker_class: str, count: int, redis_url: str
-) -> tuple[float, float, float]:
-    """Start `workers` burst workers; seconds until all ran, their CPU seconds, max peak RSS MB."""
-    redis = Redis.from_url(redis_url)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
+def measure(dsn: str, count: int, workers: list[int]) -> dict:
+    """Child (rq interpreter): per worker count and class, enqueue `count` jobs, then drain them."""
+    import psycopg2
+    import rq
+    from redis import Redis
+
+    redis, connection, results, keys = Redis.from_url(harness.REDIS_URL), psycopg2.connect(dsn), [], []
+    tag = uuid.uuid4().hex[:8]
+    with connection, connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE jobs (id serial PRIMARY KEY, status text, result bigint)")
+    try:
+        for n_workers, worker_class in [(n, c) for n in workers for c in ("Worker", "SimpleWorker")]:
+            queue = rq.Queue(f"bench-rq-{tag}-{len(results)}", connection=redis)
+            latencies = []
+            for _ in range(count):
+                t0 = time.perf_counter()
+                with connection, connection.cursor() as cursor:
+                    cursor.execute("INSERT INTO jobs (status) VALUES ('queued') RETURNING id")
+                    (row_id,) = cursor.fetchone()
+                job_id = queue.enqueue("rq_baseline.fib", harness.FIB_N, dsn, row_id).id
+                keys += [f"rq:job:{job_id}", f"rq:results:{job_id}"]
+                latencies.append(time.perf_counter() - t0)
+            seconds, cpu, rss_mb = drain(queue.name, n_workers, f"rq.worker.{worker_class}")
+            if (done := queue.finished_job_registry.count) < count:
+                raise RuntimeError(f"only {done} of {count} jobs finished")
+            result = {
+                "worker_class": worker_class,
+                "workers": n_workers,
+                "enqueue": harness.summarise(latencies),
+            }
+            result |= {"drain_s": seconds, "jobs_per_second": count / seconds, "peak_rss_mb": rss_mb}
+            results.append(result | {"worker_cpu_ms_per_job": harness.per_job(cpu, count)})
+    finally:
+        redis.delete(*keys, *redis.scan_iter(match=f"*bench-rq-{tag}*"), "rq:queues", "rq:clean_groups")
+    return {"rq": rq.__version__, "results": results}
+
+
+def drain(queue: str, workers: int, worker_class: str) -> tuple[float, float, float]:
+    """`workers` burst workers until the queue is empty: seconds, their CPU seconds, the peak RSS MB."""
+    usage0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    argv = [sys.executable, "-m", "rq.cli", "worker", "--burst", "--url", harness.REDIS_URL, "--quiet"]
+    argv += ["--worker-class", worker_class, queue]
+    env, quiet = os.environ | {"PYTHONPATH": str(harness.BENCH)}, subprocess.DEVNULL
     processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rq.cli",
-                "worker",
-                "--burst",
-                "--url",
-                redis_url,
-                "--worker-class",
-                worker_class,
-                "--quiet",
-                queue_name,
-            ],
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        subprocess.Popen(argv, env=env, stdout=quiet, stderr=quiet, start_new_session=True)
         for _ in range(workers)
     ]
     try:
@@ -88,93 +98,37 @@ def drain(
         for process in processes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-    elapsed = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds, usage = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime - usage0.ru_utime - usage0.ru_stime
-    done = Queue(queue_name, connection=redis).finished_job_registry.count
-    if done < count:
-        raise RuntimeError(f"only {done} of {count} jobs finished")
-    # ru_maxrss (KiB on Linux) is the largest of all reaped children so far: the workers of
-    # this and earlier drains.
-    return elapsed, cpu, usage.ru_maxrss / 1024
+    return seconds, cpu, usage.ru_maxrss / 1024  # ru_maxrss: KiB, the largest of all reaped so far
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--workers", default="2", help="worker count, or comma-separated counts (1,2)")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    # SIGTERM behaves like Ctrl-C, so the database and the Redis keys are removed.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+def run(args) -> dict:
+    python = Path(args.rq_python)
+    if not python.exists():
+        harness.say(f"creating {python.parent.parent} with rq, redis, psycopg2-binary ...")
+        subprocess.run(["python3", "-m", "venv", str(python.parent.parent)], check=True)
+        subprocess.run([python.parent / "pip", "install", "-q", "rq", "redis", "psycopg2-binary"], check=True)
+    workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    with harness.database(f"etl_bench_rq_{uuid.uuid4().hex[:8]}") as url:
+        dsn = url.replace("postgresql+psycopg2://", "postgresql://")
+        kw = {"dsn": dsn, "count": args.count, "workers": workers}
+        measured = harness.child(dict(os.environ), harness.BENCH, "rq_baseline", "measure", str(python), **kw)
+    return {"environment": harness.environment(()) | {"rq": measured["rq"]}, "count": args.count} | measured
 
-    database = f"etl_bench_rq_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(PG_ADMIN)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{database}"')
-    dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={database}"
-    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
-        cursor.execute("CREATE TABLE jobs (id serial PRIMARY KEY, status text, result bigint)")
-    redis = Redis.from_url(args.redis_url)
-    worker_counts = [int(w) for w in str(args.workers).split(",") if w.strip()]
-    import rq
 
-    report: dict[str, object] = {
-        "count": args.count,
-        "workers": worker_counts,
-        "environment": {
-            "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(),
-            "rq": rq.__version__,
-        },
-        "results": [],
-    }
-    runs = [(w, c) for w in worker_counts for c in ("rq.worker.Worker", "rq.worker.SimpleWorker")]
-    queue_names: list[str] = []
-    try:
-        for workers, worker_class in runs:
-            queue_name = f"bench-rq-{uuid.uuid4().hex[:8]}"
-            queue_names.append(queue_name)
-            queue = Queue(queue_name, connection=redis)
-            latencies = []
-            with psycopg2.connect(dsn) as connection:
-                for _ in range(args.count):
-                    t0 = time.perf_counter()
-                    # What the old design did per dispatch: a job row, then the enqueue.
-                    with connection.cursor() as cursor:
-                        cursor.execute("INSERT INTO jobs (status) VALUES ('queued') RETURNING id")
-                        (row_id,) = cursor.fetchone()
-                    connection.commit()
-                    queue.enqueue("rq_baseline.fib", 10, dsn, row_id)
-                    latencies.append((time.perf_counter() - t0) * 1000)
-            seconds, cpu, peak_rss_mb = drain(queue_name, workers, worker_class, args.count, args.redis_url)
-            latencies.sort()
-            report["results"].append(
-                {
-                    "worker_class": worker_class.rsplit(".", 1)[1],
-                    "workers": workers,
-                    "enqueue_median_ms": round(statistics.median(latencies), 2),
-                    "enqueue_p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 2),
-                    "drain_seconds": round(seconds, 2),
-                    "jobs_per_second": round(args.count / seconds, 1),
-                    "worker_cpu_ms_per_job": round(cpu * 1000 / args.count, 2),
-                    "worker_peak_rss_mb_max_so_far": round(peak_rss_mb, 1),
-                }
-            )
-    finally:
-        for queue_name in queue_names:
-            for key in redis.scan_iter(match=f"*{queue_name}*"):
-                redis.delete(key)
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    report["environment"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for values in report["results"]:
-            print(values)
+def report(result: dict) -> str:
+    head = ["worker class", "workers", "enqueue + row insert median / p99 (ms)", "drain (s)", "**jobs/s**"]
+    head += ["**worker CPU per job (ms)**", "peak RSS per worker (MB)"]
+    keys = ("drain_s", "jobs_per_second", "worker_cpu_ms_per_job", "peak_rss_mb")
+    enqueue = "{median_ms:.2f} / {p99_ms:.2f}"
+    rows = [
+        [r["worker_class"], r["workers"], enqueue.format(**r["enqueue"]), *map(r.get, keys)]
+        for r in result["results"]
+    ]
+    title = f"## RQ baseline ({result['count']} jobs, rq {result['rq']})\n\n"
+    return title + harness.header(result) + "\n" + harness.table(head, rows)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(harness.main(sys.modules[__name__]))
