@@ -10,7 +10,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from etl_pipelines.settings import LOCATION_NAME
+from etl_pipelines.settings import LOCATION_NAME, Settings
 
 WORKSPACE_YAML = f"""\
 load_from:
@@ -88,16 +88,48 @@ def wait_for_http(url: str, timeout: float, alive: Callable[[], bool]) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:g} s")
 
 
+def recover_at_start(settings: Settings, echo: Callable[[str], None]) -> None:
+    """What the last stack left unfinished gets its work back before anything new starts."""
+    from etl_pipelines.framework.instance import get_instance
+    from etl_pipelines.framework.recovery import recover
+    from etl_pipelines.store import JobStore
+
+    try:
+        actions = recover(get_instance(), JobStore(settings.database_url), settings, since=None)
+    except Exception as exc:  # the job_recovery sensor tries again every 30 s
+        echo(f"recovery at start-up failed ({type(exc).__name__}: {exc}); the sensor retries")
+        return
+    for action in actions:
+        echo(f"recovered: {action}")
+
+
+def queue_demo(echo: Callable[[str], None]) -> None:
+    """Dispatch the demo batch, one line per job."""
+    from etl_pipelines.demo import dispatch_demo
+
+    for item in dispatch_demo():
+        echo(f"queued {item['job_type']} on {item['queue']}: {item['id']}")
+
+
 def run_stack(
-    home: Path,
+    settings: Settings,
     host: str,
     port: int,
-    workers: int,
+    workers: int | None,
     concurrency: int,
-    on_ready: Callable[[], None] | None,
+    demo: bool,
     echo: Callable[[str], None],
 ) -> int:
-    """Start webserver and daemon, call `on_ready`, wait for a signal or a death; stop all."""
+    """Recover lost work, start webserver, daemon and `workers` Celery workers (None: 1 if Redis is
+    configured, else 0), queue the demo batch if asked; wait for a signal or a death; stop all."""
+    from etl_pipelines.framework.instance import ensure_dagster_home
+
+    home = ensure_dagster_home()
+    if workers is None:
+        workers = 1 if settings.redis_url else 0
+    if workers:
+        settings.require_redis()  # SettingsError before anything starts
+    recover_at_start(settings, echo)
     workspace = write_workspace(home)
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     stopping = False
@@ -126,8 +158,8 @@ def run_stack(
         url = f"http://{host}:{port}"
         wait_for_http(f"{url}/server_info", 120, lambda: all(g.alive() for g in groups) and not stopping)
         echo(f"Dagster UI: {url}  ({workers} worker(s); DAGSTER_HOME={home}; Ctrl-C stops everything)")
-        if on_ready is not None:
-            on_ready()
+        if demo:
+            queue_demo(echo)
         while not stopping:
             dead = [g.name for g in groups if not g.alive()]
             if dead:

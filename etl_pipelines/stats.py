@@ -103,6 +103,8 @@ def queue_stats(
             else:
                 stats_for(queue).failed_last_window = count
         for queue, created_at, started_at in connection.execute(started):
+            if started_at is None:
+                continue
             waits.setdefault(queue, []).append((started_at - created_at).total_seconds())
     for queue, values in waits.items():
         stats = stats_for(queue)

@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -85,13 +87,24 @@ BAD_INPUT = [
     (["dispatch", "fibonacci", "-p", "n=1", "-p", "m=2"], "unknown parameter(s) m"),
     (["dispatch", "fibonacci"], "missing required parameter(s) n"),
     (["dispatch", "fibonacci", "-p", "n"], "--param takes key=value"),
-    (["dispatch", "truncate_table", "-p", "table=auth.users; DROP TABLE x"], "invalid table name"),
-    (["dispatch", "truncate_table"], "missing required parameter(s) table"),
-    (["dispatch", "truncate_table", "-p", "table=public.users"], "not in an allowed schema"),
-    (["dispatch", "drop_table", "-p", "table=users"], "not in an allowed schema"),
+    (
+        ["dispatch", "truncate_table", "--confirm", "-p", "table=auth.users; DROP TABLE x"],
+        "invalid table name",
+    ),
+    (["dispatch", "truncate_table", "--confirm"], "missing required parameter(s) table"),
+    (["dispatch", "truncate_table", "--confirm", "-p", "table=public.users"], "not in an allowed schema"),
+    (["dispatch", "drop_table", "--confirm", "-p", "table=users"], "not in an allowed schema"),
+    # A destructive job type without --confirm, however valid its parameters.
+    (["dispatch", "truncate_table", "-p", "table=auth.users"], "add --confirm to dispatch it"),
+    (["dispatch", "drop_table", "-p", "table=auth.users", "-p", "if_exists=true"], "--confirm"),
     (["dispatch", "data_aggregation", "-p", "group_by=department;--"], "invalid column name"),
     (["status", "00000000-0000-0000-0000-000000000000"], "no job with id"),
     (["list", "--type", "no_such_job"], "unknown job type"),
+    (
+        ["list-failed-jobs", "--type", "no_such_job"],
+        "unknown job type 'no_such_job'; known job types: archive_old_rows, data_aggregation,",
+    ),
+    (["retry-job", "--all", "--type", "no_such_job", "--dry-run"], "unknown job type 'no_such_job'"),
 ]
 
 
@@ -116,6 +129,136 @@ def test_bad_input_is_refused_and_changes_nothing(pg_deployment: Deployment) -> 
         assert connection.execute(sa.text("SELECT count(*) FROM auth.users")).scalar_one() == 2
         assert connection.execute(sa.text("SELECT count(*) FROM public.users")).scalar_one() == 0
     engine.dispose()
+
+
+DESTRUCTIVE = {
+    "archive_old_rows",
+    "data_import",
+    "drop_table",
+    "populate_records",
+    "sync_table",
+    "truncate_table",
+}
+
+
+def test_destructive_job_types_need_confirm(pg_deployment: Deployment) -> None:
+    store = JobStore(pg_deployment.database_url)
+    before = {r.id for r in store.list(limit=10_000)}
+    runs_before = get_instance().get_runs_count()
+    refused = pg_deployment.cli("dispatch", "truncate_table", "-p", "table=auth.users")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr == "Error: truncate_table destroys data: add --confirm to dispatch it\n"
+    assert {r.id for r in store.list(limit=10_000)} == before  # no record, no run
+    assert get_instance().get_runs_count() == runs_before
+
+    queued = pg_deployment.cli("dispatch", "truncate_table", "--confirm", "-p", "table=auth.users", "--json")
+    assert queued.returncode == 0, queued.stderr
+    record = json.loads(queued.stdout)
+    assert record["job_type"] == "truncate_table" and record["payload"] == {"table": "auth.users"}
+    assert store.require(record["id"]).status == JobStatus.QUEUED
+    assert get_instance().get_run_by_id(record["id"]) is not None
+
+    listed = json.loads(pg_deployment.cli("job-types", "--json").stdout)
+    assert {t["job_type"]: t["destructive"] for t in listed} == {
+        t["job_type"]: t["job_type"] in DESTRUCTIVE for t in listed
+    }
+    text = pg_deployment.cli("job-types").stdout
+    heads = [
+        re.match(r"(\w+)  \(queue \w+(, destructive: dispatch needs --confirm)?\)  ", line)
+        for line in text.splitlines()
+        if not line.startswith(" ")
+    ]
+    assert all(heads), text
+    assert {h.group(1) for h in heads if h.group(2)} == DESTRUCTIVE
+    assert len(heads) == len(listed)
+
+
+# Runs etl-jobs commands in one process, each as click runs it, and reports after each which of the
+# modules a reading command must not need are loaded (cumulative: the first offender shows).
+LIGHT_CHECK = """
+import contextlib, io, json, sys
+import click
+from etl_pipelines.cli import cli
+
+HEAVY = {"dagster", "dagster_postgres", "dagster_celery", "dagster_shared", "celery", "kombu", "pandas"}
+report = []
+for args in json.loads(sys.argv[1]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            code = cli.main(args, prog_name="etl-jobs", standalone_mode=False)
+        except click.ClickException as exc:
+            code = exc.exit_code
+    top = {name.split(".")[0] for name in sys.modules}
+    report.append({"args": args, "code": code, "out": out.getvalue(), "heavy": sorted(top & HEAVY),
+                   "sqlalchemy": "sqlalchemy" in top, "rich": "rich" in top})
+import etl_pipelines.metrics  # what `etl-jobs metrics` loads before it serves
+top = {name.split(".")[0] for name in sys.modules}
+report.append({"args": ["(metrics)"], "heavy": sorted(top & HEAVY)})
+print(json.dumps(report))
+"""
+
+
+def test_reading_commands_import_no_dagster_celery_or_pandas(pg_deployment: Deployment) -> None:
+    """Operators run these in loops: they read or change the job table and load nothing else."""
+    job_id = pg_deployment.cli("dispatch", "fibonacci", "-p", "n=3").stdout.strip()
+    commands = [
+        ["--help"],
+        ["status", "--help"],
+        ["status", job_id],
+        ["status", job_id, "--json"],
+        ["list"],
+        ["list", "--type", "fibonacci", "--status", "queued", "--json"],
+        ["list-failed-jobs", "--type", "fibonacci"],
+        ["history", job_id],
+        ["stats", "--json"],
+        ["mark-completed", "--job-id", job_id, "--reason", "not failed: refused"],
+        ["status", "no-such-job"],
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", LIGHT_CHECK, json.dumps(commands)],
+        env=pg_deployment.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert [r["args"] for r in report] == [*commands, ["(metrics)"]]
+    for step in report:
+        assert step["heavy"] == [], step
+    help_, status_help = report[0], report[1]
+    assert "Dispatch database and ETL jobs" in help_["out"] and help_["code"] == 0
+    assert not help_["sqlalchemy"] and not help_["rich"], "--help must not import SQLAlchemy or rich"
+    assert "Show one job's record." in status_help["out"] and not status_help["sqlalchemy"]
+    fields = dict(line.split(None, 1) for line in report[2]["out"].splitlines())
+    assert report[2]["code"] is None and fields["id"] == job_id and fields["status"] == "queued"
+    assert json.loads(report[3]["out"])["id"] == job_id
+    assert job_id in [r["id"] for r in json.loads(report[5]["out"])]
+    assert report[9]["code"] == 1 and report[10]["code"] == 1  # refused: not failed; no such job
+
+    as_module = subprocess.run(
+        [sys.executable, "-m", "etl_pipelines.cli", "status", job_id, "--json"],
+        env=pg_deployment.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert as_module.returncode == 0, as_module.stderr
+    assert json.loads(as_module.stdout)["status"] == "queued"
+
+
+def test_status_choices_are_the_job_statuses() -> None:
+    from etl_pipelines.cli.commands import STATUSES
+
+    assert list(STATUSES) == [status.value for status in JobStatus]
+
+
+def test_job_type_names_are_the_registry_names() -> None:
+    from etl_pipelines import jobs
+    from etl_pipelines.framework.registry import job_types
+
+    assert jobs.names() == list(job_types())
 
 
 def test_unreachable_job_table_is_a_clear_error(pg_deployment: Deployment) -> None:

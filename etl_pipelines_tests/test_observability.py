@@ -8,41 +8,57 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.orm import Session
 
 from etl_pipelines.stats import quantile
-from etl_pipelines.store import JobStatus, JobStore
+from etl_pipelines.store import JobRecord, JobStatus, JobStore
 from etl_pipelines.store.models import utcnow
 from etl_pipelines_tests.harness import BIN, Deployment, free_port, poll
 
 
 def prepare(store: JobStore) -> dict[str, dict]:
-    """A known state: per queue, jobs waiting, running, waiting to retry, done and failed."""
+    """A known state: per queue, jobs waiting, running, waiting to retry, done and failed.
+
+    Written as rows, timestamps and all: the numbers read only the table, whichever path made it.
+    """
     with store.engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM etl_jobs"))
     now = utcnow()
+    rows = []
 
-    def job(job_id: str, queue: str, age: float) -> str:
-        store.create(
-            id=job_id,
-            job_type="fibonacci",
-            job_class="x",
-            queue=queue,
-            payload={},
-            max_retries=3,
-            run_id=job_id,
-            created_at=now - timedelta(seconds=age),
+    def job(job_id: str, queue: str, age: float, status: JobStatus = JobStatus.QUEUED, **fields) -> None:
+        created = now - timedelta(seconds=age)
+        rows.append(
+            JobRecord(
+                id=job_id,
+                job_type="fibonacci",
+                job_class="x",
+                queue=queue,
+                status=status,
+                payload={},
+                retry_count=0,
+                max_retries=3,
+                run_id=job_id,
+                run_ids=[job_id],
+                created_at=created,
+                queued_at=created,
+                updated_at=now,
+                **fields,
+            )
         )
-        return job_id
 
     for i, age in enumerate((300, 120, 60)):
         job(f"hq{i}", "high", age)  # 3 waiting in high, the oldest 300 s
     job("lq0", "low", 30)  # 1 waiting in low
-    for i, age in enumerate((10, 20, 30, 40)):
-        store.mark_started(job(f"hr{i}", "high", age), f"hr{i}")  # started after 10..40 s
-    store.mark_completed("hr0", 1)
-    store.mark_failed("hr1", error="E", traceback=None)
-    store.mark_waiting_retry("hr2", error="E", traceback=None, next_retry_at=now + timedelta(minutes=5))
-    store.mark_started(job("mr0", "medium", 5), "mr0")  # running in medium, started after 5 s
+    # Started 10..40 s after their dispatch: one completed, one failed, one waiting to retry, one running.
+    job("hr0", "high", 10, JobStatus.COMPLETED, started_at=now, finished_at=now, result=1)
+    job("hr1", "high", 20, JobStatus.FAILED, started_at=now, finished_at=now, error="E")
+    retry_at = now + timedelta(minutes=5)
+    job("hr2", "high", 30, JobStatus.WAITING_RETRY, started_at=now, error="E", next_retry_at=retry_at)
+    job("hr3", "high", 40, JobStatus.STARTED, started_at=now, heartbeat_at=now)
+    job("mr0", "medium", 5, JobStatus.STARTED, started_at=now, heartbeat_at=now)  # running in medium
+    with Session(store.engine) as session, session.begin():
+        session.add_all(rows)
     return {
         "high": {"waiting": 3, "running": 1, "retries_pending": 1, "completed": 1, "failed": 1, "started": 4},
         "medium": {
@@ -177,3 +193,14 @@ def test_dispatch_wait_shows_each_retry_and_exits_by_outcome(
     assert lines[-1] == "failed (retry 2 of 2): FailedJobError: boom"
     job_id = failing.stdout.strip()
     assert JobStore(deployment.database_url).require(job_id).status == JobStatus.FAILED
+
+
+def test_dispatch_wait_gives_up_after_its_timeout(pg_deployment: Deployment) -> None:
+    """No daemon: the job stays queued, and --wait says so after --timeout (the job stays queued)."""
+    out = pg_deployment.cli("dispatch", "fibonacci", "-p", "n=3", "--wait", "--timeout", "0.5")
+    assert out.returncode == 1
+    job_id = out.stdout.strip()
+    shown, error = out.stderr.splitlines()
+    assert shown.split(" ", 1)[1] == "queued"
+    assert error == f"Error: job {job_id} still queued after 0.5 s"
+    assert JobStore(pg_deployment.database_url).require(job_id).status == JobStatus.QUEUED

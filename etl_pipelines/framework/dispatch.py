@@ -1,19 +1,21 @@
 """dispatch(): queue a job and return at once. The record is saved before the run exists."""
 
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
+from etl_pipelines.framework._dagster_internal import run_submitter
 from etl_pipelines.framework.base import BaseJob
+from etl_pipelines.framework.instance import get_instance
 from etl_pipelines.framework.op import run_config_for
 from etl_pipelines.framework.registry import get_job_type
 from etl_pipelines.framework.tags import JOB_ID_TAG, run_tags
 from etl_pipelines.lifecycle import check_queue, events
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStatus, JobStore
+from etl_pipelines.store.follow import follow
 
 
 @dataclass(frozen=True)
@@ -34,20 +36,11 @@ class JobHandle:
 
     def wait(self, timeout: float = 300.0, poll: float = 0.2) -> JobRecord:
         """Poll until the job is completed, failed or cancelled; TimeoutError after `timeout` s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            record = self.record()
-            if record.status.is_final:
-                return record
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {self.id} still {record.status} after {timeout:g} s")
-            time.sleep(poll)
+        return follow(JobStore(self.database_url), self.id, timeout=timeout, poll=poll)
 
 
 def dispatch(job_type: str | type[BaseJob], *, queue: str | None = None, **params: Any) -> JobHandle:
     """Check the job, save its record as queued, submit its run to Dagster's run queue."""
-    from etl_pipelines.framework._dagster_internal import run_submitter
-    from etl_pipelines.framework.instance import get_instance
 
     job_cls = get_job_type(job_type) if isinstance(job_type, str) else job_type
     settings = Settings.from_env()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from etl_pipelines.errors import JobInputError
 from etl_pipelines.lifecycle.queues import check_queue
 from etl_pipelines.lifecycle.retry import RetrySchedule
 from etl_pipelines.store import ANY_RUN, SYSTEM_ACTOR, JobRecord, JobStateError, JobStatus, JobStore
@@ -397,7 +398,7 @@ def manual_retry_not_queued(store: JobStore, before: JobRecord, error: str, *, a
 def mark_completed(store: JobStore, job_id: str, *, actor: str, reason: str) -> JobRecord:
     """An operator resolves a failed job by hand, with the reason kept in its result and history."""
     if not reason or not reason.strip():
-        raise ValueError("marking a job completed by hand needs a reason")
+        raise JobInputError("marking a job completed by hand needs a reason")
     return _apply(
         store,
         "marked_completed",

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from etl_pipelines.errors import JobInputError
 from etl_pipelines.lifecycle import TRANSITIONS, NewJob, Refused, RetrySchedule, events
 from etl_pipelines.store import SYSTEM_ACTOR, JobNotFoundError, JobRecord, JobStateError, JobStatus, JobStore
 
@@ -197,7 +198,7 @@ def test_a_manual_retry_that_cannot_be_queued_leaves_the_job_failed(store: JobSt
 def test_marking_completed_needs_a_reason(store: JobStore) -> None:
     new(store)
     put(store, "j1", JobStatus.FAILED)
-    with pytest.raises(ValueError, match="needs a reason"):
+    with pytest.raises(JobInputError, match="needs a reason"):
         events.mark_completed(store, "j1", actor="bob", reason="  ")
     assert store.require("j1").status == JobStatus.FAILED
 
