@@ -17,7 +17,7 @@ from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
 from etl_pipelines.lifecycle import events
 from etl_pipelines.resources import JobStoreResource
 from etl_pipelines.settings import Settings
-from etl_pipelines.store import JobRecord, JobStateError, JobStatus
+from etl_pipelines.store import JobRecord, JobStateError
 from etl_pipelines.store.models import utcnow
 
 
@@ -55,19 +55,13 @@ def job_failures(context: dg.RunFailureSensorContext, job_store: JobStoreResourc
         return
     store = job_store.store()
     record = store.get(job_id_of(run))
-    if record is None or record.run_id != run.run_id:
-        return
-    # The op itself recorded the outcome (waiting_retry, failed), or recovery is handling the run.
-    if record.status not in (JobStatus.QUEUED, JobStatus.STARTED):
-        return
     message = context.failure_event.message or "run failed"
     if message.startswith(RECOVERY_PREFIX):
-        return
+        return  # recovery failed this run and is handling the job
     run_record = context.instance.get_run_record_by_id(run.run_id)
     ended = run_record.end_time if run_record is not None else None
-    queued_at = record.queued_at
-    if record.status == JobStatus.QUEUED and ended and queued_at and queued_at.timestamp() > ended:
-        return  # queued again (a retry claimed it) after this failure: the failure is behind it
+    if record is None or not events.run_failure_applies(record, run.run_id, ended):
+        return
     context.log.info(f"job {record.id}: run {run.run_id} failed outside its op: {message}")
     # JobStateError: recovery or the op got there first.
     with contextlib.suppress(JobStateError):

@@ -229,7 +229,9 @@ def test_alert_is_retried_until_the_webhook_answers(
     none = RetrySchedule.explicit(())
     events.bootstrap(store, NewJob(job_id, "failed_job", "x", "default", {}, none), job_id)
     events.started(store, job_id, job_id)
-    events.attempt_failed(store, job_id, job_id, error="FailedJobError: x", traceback=None, schedule=none)
+    events.attempt_failed(
+        store, store.require(job_id), job_id, error="FailedJobError: x", traceback=None, schedule=none
+    )
     sensor = defs.resolve_sensor_def("failure_alerts")
     port = free_port()
     clean_env.setenv("ETL_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{port}/alerts")

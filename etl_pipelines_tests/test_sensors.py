@@ -12,6 +12,7 @@ import pytest
 from etl_pipelines.definitions import defs
 from etl_pipelines.framework.dispatch import dispatch
 from etl_pipelines.framework.instance import get_instance
+from etl_pipelines.framework.recovery import RECOVERY_PREFIX
 from etl_pipelines.framework.registry import get_job_type
 from etl_pipelines.lifecycle import RetrySchedule, events
 from etl_pipelines.resources import JobStoreResource
@@ -61,7 +62,7 @@ def test_a_due_retry_is_queued_once_as_a_reexecution(home: JobStore) -> None:
     schedule = get_job_type("failed_job").retry_schedule(Settings.from_env())
     assert schedule == RetrySchedule.explicit((0.0, 0.0))
     events.attempt_failed(
-        home, handle.id, handle.id, error="FailedJobError: x", traceback=None, schedule=schedule
+        home, home.require(handle.id), handle.id, error="FailedJobError: x", traceback=None, schedule=schedule
     )
     instance.report_run_failed(instance.get_run_by_id(handle.id), message="op failed")
 
@@ -90,6 +91,17 @@ def test_a_run_failing_outside_its_op_is_an_attempt(home: JobStore) -> None:
     assert record.error == "RunFailure: launch failed: broker unreachable"
     run_status_tick("job_failures", run, dg.DagsterEventType.RUN_FAILURE)  # seen again: no change
     assert home.require(handle.id).updated_at == record.updated_at
+
+
+def test_a_run_failed_by_recovery_is_left_to_recovery(home: JobStore) -> None:
+    handle = dispatch("fibonacci", queue="high", n=5)
+    instance = get_instance()
+    run = instance.get_run_by_id(handle.id)
+    instance.report_run_failed(run, message=RECOVERY_PREFIX + "run was sent to Celery but its task is gone")
+    before = home.require(handle.id)
+    run_status_tick("job_failures", run, dg.DagsterEventType.RUN_FAILURE)
+    after = home.require(handle.id)
+    assert (after.status, after.updated_at) == (JobStatus.QUEUED, before.updated_at)
 
 
 def test_a_cancelled_run_cancels_its_job(home: JobStore) -> None:

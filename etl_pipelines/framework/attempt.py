@@ -98,7 +98,7 @@ def run_attempt(
         # meanwhile, that decision stands (JobStateError fails this run instead).
         after = events.attempt_failed(
             store,
-            job_id,
+            record,  # as this attempt started it: a job recovery took over meanwhile is not ours
             run.run_id,
             error=f"{type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(),

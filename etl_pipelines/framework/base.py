@@ -72,8 +72,8 @@ class BaseJob(dg.Config):
     # The queue a job of this type goes to unless dispatch names another.
     queue: ClassVar[str] = "default"
     # Retries, in Dagster's terms; interpreted durably (a re-execution queued when due, no process
-    # sleeps), never given to the op (Dagster would retry in memory). Explicit delays from the
-    # environment win over it: ETL_RETRY_DELAYS_<JOB_TYPE>, then ETL_RETRY_DELAYS.
+    # sleeps), never given to the op (Dagster would retry in memory). ETL_RETRY_DELAYS_<JOB_TYPE>
+    # wins over a declared policy; ETL_RETRY_DELAYS only over the default one.
     retry_policy: ClassVar[dg.RetryPolicy] = DEFAULT_RETRY_POLICY
     # Destructive job types change or remove data: their target table must be schema-qualified
     # and in ETL_ALLOWED_SCHEMAS (checked before any SQL runs), and `etl-jobs dispatch` asks for
@@ -137,8 +137,15 @@ class BaseJob(dg.Config):
 
     @classmethod
     def retry_schedule(cls, settings: Settings) -> RetrySchedule:
-        """Retries of this type: ETL_RETRY_DELAYS_<TYPE>, else ETL_RETRY_DELAYS, else retry_policy."""
-        explicit = settings.retry_delays_by_type.get(cls.job_type(), settings.retry_delays)
+        """Retries of this type: ETL_RETRY_DELAYS_<TYPE>, else the type's own retry_policy, else
+        ETL_RETRY_DELAYS, else the default policy.
+
+        A type that declares its policy knows something a global setting does not (demo_batch must
+        never run twice); only a setting naming the type overrides it.
+        """
+        explicit = settings.retry_delays_by_type.get(cls.job_type())
+        if explicit is None and cls.retry_policy is DEFAULT_RETRY_POLICY:
+            explicit = settings.retry_delays
         if explicit is not None:
             return RetrySchedule.explicit(explicit)
         return schedule_of(cls.retry_policy)

@@ -5,6 +5,7 @@ a status-checked update first, so two processes never queue one retry twice); th
 makes the Dagster run.
 """
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,13 +41,17 @@ def run_failed(store: JobStore, record: JobRecord, error: str, settings: Setting
     failed, retried per the job type's schedule (lifecycle.events.attempt_failed decides)."""
     return events.attempt_failed(
         store,
-        record.id,
+        record,
         record.run_id,
         error=error,
         traceback=None,
         schedule=get_job_type(record.job_type).retry_schedule(settings),
         inside_op=False,
     )
+
+
+class RunRefusedError(RuntimeError):
+    """The run coordinator failed the new run instead of queueing it (its reason is on the run)."""
 
 
 def submit_new_run(instance: dg.DagsterInstance, record: JobRecord, settings: Settings) -> dg.DagsterRun:
@@ -58,13 +63,17 @@ def submit_new_run(instance: dg.DagsterInstance, record: JobRecord, settings: Se
     submitter = run_submitter(instance)
     parent = instance.get_run_by_id(record.run_id) if record.run_id else None
     if parent is not None:
-        return submitter.reexecute(parent)
-    # Its dispatcher died between saving the record and creating the run: create it now.
-    job_cls = get_job_type(record.job_type)
-    job = job_cls(**record.payload)
-    tags = {JOB_ID_TAG: record.id, **run_tags(job, job_cls, record.queue, settings)}
-    run_config = run_config_for(job_cls, job.model_dump(mode="json"))
-    return submitter.submit(job_cls.job_type(), run_config, tags, run_id=record.run_id or record.id)
+        run = submitter.reexecute(parent)
+    else:
+        # Its dispatcher died between saving the record and creating the run: create it now.
+        job_cls = get_job_type(record.job_type)
+        job = job_cls(**record.payload)
+        tags = {JOB_ID_TAG: record.id, **run_tags(job, job_cls, record.queue, settings)}
+        run_config = run_config_for(job_cls, job.model_dump(mode="json"))
+        run = submitter.submit(job_cls.job_type(), run_config, tags, run_id=record.run_id or record.id)
+    if run.status == dg.DagsterRunStatus.FAILURE:
+        raise RunRefusedError(f"run {run.run_id} was refused by the run coordinator (see its failure)")
+    return run
 
 
 def retry_failed_job(
@@ -85,7 +94,9 @@ def retry_failed_job(
     try:
         submit_new_run(instance, record, settings)
     except Exception as exc:
-        events.manual_retry_not_queued(store, before, f"{type(exc).__name__}: {exc}", actor=actor)
+        # JobStateError: admission already failed the job, with its reason (an unknown queue).
+        with contextlib.suppress(JobStateError):  # it moved on meanwhile
+            events.retry_refused(store, before, f"{type(exc).__name__}: {exc}", actor=actor)
         raise
     return store.require(job_id)
 
@@ -105,7 +116,12 @@ def run_due_retries(
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             logger.warning("could not queue the retry of job %s: %s", seen.id, error)
-            events.retry_not_queued(store, seen, error)
+            with contextlib.suppress(JobStateError):  # it moved on meanwhile
+                if isinstance(exc, RunRefusedError):
+                    # Refused for good (its queue is no longer configured, say): no point waiting.
+                    events.retry_refused(store, seen, error)
+                else:
+                    events.retry_not_queued(store, seen, error)  # Dagster or the database down
             done.append(Action(seen.id, "retry_error", error))
             continue
         done.append(Action(seen.id, "retried", f"retry {record.retry_count} of {record.max_retries}"))

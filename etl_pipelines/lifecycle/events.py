@@ -8,6 +8,7 @@ status. Callers (dispatch, the run coordinator, the op, sensors, recovery, the C
 these functions, with the store and settings passed in.
 """
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -98,6 +99,8 @@ def _apply(
     status = row.target or target
     if status is not None:
         values["status"] = status
+        if status.is_final:
+            values.setdefault("finished_at", utcnow())
     return store.transition(
         job_id,
         event if row.target is not None or status is None else status.value,
@@ -194,9 +197,12 @@ def admit_run(
     try:
         check_queue(job.queue, queues)
     except ValueError as exc:
-        if record.run_id == run_id and record.status == QUEUED:
+        # A new job's own run: the job fails with the reason. An existing job's record is left as
+        # it is (whoever re-executed it hears of the refusal from the failed run).
+        if record.status == QUEUED and record.run_id == run_id:
             error = f"{type(exc).__name__}: {exc}"
-            _apply(store, "rejected", job.id, run_id=run_id, reason=error, error=error, finished_at=utcnow())
+            with contextlib.suppress(JobStateError):  # it moved on meanwhile: nothing to reject
+                _apply(store, "rejected", job.id, run_id=run_id, reason=error, error=error)
         raise Refused(str(exc)) from None
     if run_id in record.run_ids:
         return record
@@ -279,7 +285,7 @@ def completed(store: JobStore, job_id: str, run_id: str, result: Any) -> JobReco
 
 def attempt_failed(
     store: JobStore,
-    job_id: str,
+    seen: JobRecord,
     run_id: str | None,
     *,
     error: str,
@@ -292,9 +298,10 @@ def attempt_failed(
 
     The one retry decision, used by the op (`inside_op`: the job must be started on `run_id`) and
     by whatever sees a run end outside its op (sensors, recovery: queued or started on `run_id`).
-    Not `retryable` (bad input, a failed check): failed at once.
+    Not `retryable` (bad input, a failed check): failed at once. Decided on `seen`, the record as
+    the caller read it, and written only if nothing changed it since (else JobStateError): a
+    failure seen before a retry was claimed is never charged to that retry.
     """
-    seen = store.require(job_id)
     attempt = seen.retry_count + 1  # this attempt's number; retry_count counts retries performed
     wait = schedule.wait_before(attempt) if retryable else None
     now = utcnow()
@@ -305,17 +312,26 @@ def attempt_failed(
     else:
         target, values = WAITING_RETRY, {**common, "next_retry_at": now + timedelta(seconds=wait)}
         reason = f"attempt {attempt} of {schedule.max_retries + 1} failed: {error}; retry in {wait:g} s"
-    # Decided on the record as read; written only if nothing changed it since (else JobStateError).
     return _apply(
         store,
         "attempt_failed" if inside_op else "run_failed",
-        job_id,
+        seen.id,
         run_id=run_id,
         target=target,
         unchanged_since=seen.updated_at,
         reason=reason,
         **values,
     )
+
+
+def run_failure_applies(record: JobRecord | None, run_id: str, ended_at: float | None) -> bool:
+    """Does a run failure seen outside the op (run_failed) still concern the job? Not if the job
+    moved to another run or out of the row's statuses (the op or recovery recorded it), nor if it
+    was queued again (a retry claimed) after the run ended (`ended_at`, a Unix time)."""
+    if record is None or record.run_id != run_id or record.status not in TRANSITIONS["run_failed"].sources:
+        return False
+    queued_at = record.queued_at
+    return not (record.status == QUEUED and ended_at and queued_at and queued_at.timestamp() > ended_at)
 
 
 def cancelled(store: JobStore, job_id: str, run_id: str, *, reason: str | None = None) -> JobRecord:
@@ -343,6 +359,7 @@ def claim_due_retry(store: JobStore, seen: JobRecord) -> JobRecord:
         store,
         "retry",
         seen.id,
+        unchanged_since=seen.updated_at,  # the count is computed from the snapshot: it must hold
         reason=f"retry {attempt} of {seen.max_retries}{due}",
         queued_at=utcnow(),
         retry_count=attempt,
@@ -380,8 +397,9 @@ def claim_manual_retry(store: JobStore, job_id: str, *, actor: str, reason: str 
     )
 
 
-def manual_retry_not_queued(store: JobStore, before: JobRecord, error: str, *, actor: str) -> JobRecord:
-    """The operator's retry could not be queued: the job is failed again, as it was."""
+def retry_refused(store: JobStore, before: JobRecord, error: str, *, actor: str = SYSTEM_ACTOR) -> JobRecord:
+    """A claimed retry (manual, or due whose run the coordinator refused) could not be queued: the
+    job is failed, with its last error, as it was before the claim."""
     return _apply(
         store,
         "retry_failed",
@@ -406,6 +424,8 @@ def mark_completed(store: JobStore, job_id: str, *, actor: str, reason: str) -> 
         actor=actor,
         reason=reason,
         result={"resolved_manually": reason},
+        error=None,
+        traceback=None,
         next_retry_at=None,
         heartbeat_at=None,
         finished_at=utcnow(),

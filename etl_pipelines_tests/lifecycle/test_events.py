@@ -46,10 +46,10 @@ EVENTS: dict[str, Callable[[JobStore], JobRecord]] = {
     "started": lambda s: events.started(s, "j1", "r1"),
     "completed": lambda s: events.completed(s, "j1", "r1", {"ok": True}),
     "attempt_failed": lambda s: events.attempt_failed(
-        s, "j1", "r1", error="E: x", traceback="tb", schedule=SCHEDULE
+        s, s.require("j1"), "r1", error="E: x", traceback="tb", schedule=SCHEDULE
     ),
     "run_failed": lambda s: events.attempt_failed(
-        s, "j1", "r1", error="E: x", traceback=None, schedule=SCHEDULE, inside_op=False
+        s, s.require("j1"), "r1", error="E: x", traceback=None, schedule=SCHEDULE, inside_op=False
     ),
     "cancelled": lambda s: events.cancelled(s, "j1", "r1"),
     "rejected": lambda s: events.admit_run(s, _job(queue="urgent"), "r1", parent_run_id=None, queues=QUEUES),
@@ -57,7 +57,7 @@ EVENTS: dict[str, Callable[[JobStore], JobRecord]] = {
     "retry": lambda s: events.claim_due_retry(s, s.require("j1")),
     "retry_deferred": lambda s: events.retry_not_queued(s, s.require("j1"), "E: down"),
     "manual_retry": lambda s: events.claim_manual_retry(s, "j1", actor="alice", reason="fixed"),
-    "retry_failed": lambda s: events.manual_retry_not_queued(s, s.require("j1"), "E: down", actor="alice"),
+    "retry_failed": lambda s: events.retry_refused(s, s.require("j1"), "E: down", actor="alice"),
     "marked_completed": lambda s: events.mark_completed(s, "j1", actor="bob", reason="done by hand"),
     "recovering": lambda s: events.claim_recovery(s, s.require("j1"), "lost"),
 }
@@ -120,11 +120,15 @@ def test_a_whole_life_and_its_audit_trail(store: JobStore) -> None:
     new(store, "h1")
     events.started(store, "h1", "h1")
     schedule = RetrySchedule.explicit(())
-    events.attempt_failed(store, "h1", "h1", error="E: broken", traceback="tb", schedule=schedule)
+    events.attempt_failed(
+        store, store.require("h1"), "h1", error="E: broken", traceback="tb", schedule=schedule
+    )
     events.claim_manual_retry(store, "h1", actor="alice", reason="fixed")
     events.run_queued(store, "h1", "r2", parent_run_id="h1")
     events.started(store, "h1", "r2")
-    events.attempt_failed(store, "h1", "r2", error="E: again", traceback=None, schedule=schedule)
+    events.attempt_failed(
+        store, store.require("h1"), "r2", error="E: again", traceback=None, schedule=schedule
+    )
     events.mark_completed(store, "h1", actor="bob", reason="done by hand")
     trail = store.history("h1")
     assert [(e.action, e.from_status, e.to_status) for e in trail] == [
@@ -152,7 +156,9 @@ def test_retries_count_retries_performed(store: JobStore) -> None:
     waits = []
     for attempt in range(4):
         events.started(store, "j1", "j1")
-        after = events.attempt_failed(store, "j1", "j1", error="E", traceback=None, schedule=schedule)
+        after = events.attempt_failed(
+            store, store.require("j1"), "j1", error="E", traceback=None, schedule=schedule
+        )
         assert after.retry_count == attempt
         if attempt == 3:
             assert after.status == JobStatus.FAILED and after.next_retry_at is None
@@ -169,7 +175,13 @@ def test_non_retryable_failures_fail_at_once(store: JobStore) -> None:
     new(store)
     events.started(store, "j1", "j1")
     after = events.attempt_failed(
-        store, "j1", "j1", error="JobInputError: bad", traceback="tb", schedule=SCHEDULE, retryable=False
+        store,
+        store.require("j1"),
+        "j1",
+        error="JobInputError: bad",
+        traceback="tb",
+        schedule=SCHEDULE,
+        retryable=False,
     )
     assert after.status == JobStatus.FAILED and after.retry_count == 0 and after.traceback == "tb"
 
@@ -178,7 +190,9 @@ def test_a_deferred_retry_keeps_its_place_in_the_schedule(store: JobStore) -> No
     """A claimed retry that could not be queued waits again with the count it had (no attempt lost)."""
     new(store)
     events.started(store, "j1", "j1")
-    seen = events.attempt_failed(store, "j1", "j1", error="E: first", traceback=None, schedule=SCHEDULE)
+    seen = events.attempt_failed(
+        store, store.require("j1"), "j1", error="E: first", traceback=None, schedule=SCHEDULE
+    )
     assert events.claim_due_retry(store, seen).retry_count == 1
     back = events.retry_not_queued(store, seen, "DagsterError: down")
     assert back.status == JobStatus.WAITING_RETRY and back.retry_count == 0 and back.error == "E: first"
@@ -189,9 +203,11 @@ def test_a_manual_retry_that_cannot_be_queued_leaves_the_job_failed(store: JobSt
     new(store)
     events.started(store, "j1", "j1")
     schedule = RetrySchedule.explicit(())
-    before = events.attempt_failed(store, "j1", "j1", error="E: x", traceback="tb", schedule=schedule)
+    before = events.attempt_failed(
+        store, store.require("j1"), "j1", error="E: x", traceback="tb", schedule=schedule
+    )
     events.claim_manual_retry(store, "j1", actor="alice", reason=None)
-    after = events.manual_retry_not_queued(store, before, "DagsterError: down", actor="alice")
+    after = events.retry_refused(store, before, "DagsterError: down", actor="alice")
     assert (after.status, after.error, after.traceback) == (JobStatus.FAILED, "E: x", "tb")
 
 
@@ -273,13 +289,21 @@ def test_superseded_attempt_outcomes_are_refused(store: JobStore) -> None:
     new(store, run_id="r1")
     events.started(store, "j1", "r1")
     lost = events.attempt_failed(
-        store, "j1", "r1", error="WorkerLost", traceback=None, schedule=SCHEDULE, inside_op=False
+        store,
+        store.require("j1"),
+        "r1",
+        error="WorkerLost",
+        traceback=None,
+        schedule=SCHEDULE,
+        inside_op=False,
     )
     events.claim_due_retry(store, lost)  # queued again, still on r1 until its run is submitted
     with pytest.raises(JobStateError):
         events.completed(store, "j1", "r1", "late")
     with pytest.raises(JobStateError):
-        events.attempt_failed(store, "j1", "r1", error="late", traceback=None, schedule=SCHEDULE)
+        events.attempt_failed(
+            store, store.require("j1"), "r1", error="late", traceback=None, schedule=SCHEDULE
+        )
     events.run_queued(store, "j1", "r2", parent_run_id="r1")
     events.started(store, "j1", "r2")
     with pytest.raises(JobStateError):
@@ -301,7 +325,9 @@ def test_concurrent_claims_one_wins(tmp_path: Path) -> None:
     store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
     new(store, "c1")
     events.started(store, "c1", "c1")
-    seen = events.attempt_failed(store, "c1", "c1", error="E", traceback=None, schedule=SCHEDULE)
+    seen = events.attempt_failed(
+        store, store.require("c1"), "c1", error="E", traceback=None, schedule=SCHEDULE
+    )
     barrier = threading.Barrier(6)
 
     def claim(_: int) -> str:
@@ -320,3 +346,53 @@ def test_concurrent_claims_one_wins(tmp_path: Path) -> None:
     assert outcomes.count("won") == 1, outcomes
     assert [e.action for e in store.history("c1")].count("retry") == 1
     assert store.due_retries(datetime.now(UTC) + timedelta(minutes=10)) == []
+
+
+def test_a_failure_seen_before_a_retry_was_claimed_is_not_charged_to_it(store: JobStore) -> None:
+    """The job_failures sensor read the job, then recovery recorded the failure and the retry was
+    claimed: the sensor's late write of the same failure is refused."""
+    new(store, run_id="r1")
+    events.started(store, "j1", "r1")
+    stale = store.require("j1")
+    lost = events.attempt_failed(
+        store, stale, "r1", error="WorkerLost", traceback=None, schedule=SCHEDULE, inside_op=False
+    )
+    events.claim_due_retry(store, lost)
+    with pytest.raises(JobStateError):
+        events.attempt_failed(
+            store, stale, "r1", error="RunFailure", traceback=None, schedule=SCHEDULE, inside_op=False
+        )
+    with pytest.raises(JobStateError):  # nor is a due retry claimed twice from one snapshot
+        events.claim_due_retry(store, lost)
+    record = store.require("j1")
+    assert (record.status, record.retry_count) == (JobStatus.QUEUED, 1)
+    assert [e.action for e in store.history("j1")] == ["queued", "started", "waiting_retry", "retry"]
+
+
+def test_a_heartbeat_is_not_a_change(store: JobStore) -> None:
+    """Recovery's grace and the failure guards read updated_at: a beat must leave it alone."""
+    started = events.started(store, new(store).id, "j1")
+    assert store.heartbeat("j1", "j1")
+    assert store.require("j1").updated_at == started.updated_at
+    events.attempt_failed(store, started, "j1", error="E", traceback=None, schedule=SCHEDULE)
+
+
+def test_a_reexecution_on_an_unknown_queue_leaves_the_job_alone(store: JobStore) -> None:
+    """The job's run is still queued: a refused re-execution of it (a bad etl/queue tag) must not
+    fail the job; the refusal is on the new run."""
+    new(store, queue="low", run_id="r1")
+    with pytest.raises(Refused, match="unknown queue 'urgent'"):
+        events.admit_run(store, _job(queue="urgent"), "r2", parent_run_id="r1", queues=QUEUES)
+    record = store.require("j1")
+    assert (record.status, record.run_ids, record.error) == (JobStatus.QUEUED, ["r1"], None)
+
+
+def test_a_run_failure_concerns_the_job_only_while_it_is_on_that_run(store: JobStore) -> None:
+    record = new(store, run_id="r1")
+    ended = datetime.now(UTC).timestamp()
+    assert events.run_failure_applies(record, "r1", ended)  # launch failed before the op
+    assert not events.run_failure_applies(record, "r0", ended)  # another run's failure
+    assert not events.run_failure_applies(None, "r1", ended)
+    queued_again = put(store, "j1", JobStatus.QUEUED, queued_at=datetime.now(UTC) + timedelta(seconds=1))
+    assert not events.run_failure_applies(queued_again, "r1", ended)  # a retry claimed after it ended
+    assert not events.run_failure_applies(put(store, "j1", JobStatus.WAITING_RETRY), "r1", ended)

@@ -58,8 +58,8 @@ def test_explicit_delays_are_exact() -> None:
     assert RetrySchedule.explicit(()).describe() == "no retries"
 
 
-def test_environment_beats_the_job_types_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """ETL_RETRY_DELAYS_<TYPE> > ETL_RETRY_DELAYS > the class's retry_policy > the default policy."""
+def test_which_schedule_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ETL_RETRY_DELAYS_<TYPE> > the class's own retry_policy > ETL_RETRY_DELAYS > the default policy."""
     for name in [n for n in list(__import__("os").environ) if n.startswith("ETL_RETRY_DELAYS")]:
         monkeypatch.delenv(name)
     fib = get_job_type("fibonacci")
@@ -73,7 +73,11 @@ def test_environment_beats_the_job_types_policy(monkeypatch: pytest.MonkeyPatch)
 
     assert Patient.retry_schedule(Settings.from_env()).describe() == "10, 20 s"
     monkeypatch.setenv("ETL_RETRY_DELAYS", "1,2,3")
-    assert Patient.retry_schedule(Settings.from_env()) == RetrySchedule.explicit((1.0, 2.0, 3.0))
+    assert fib.retry_schedule(Settings.from_env()) == RetrySchedule.explicit((1.0, 2.0, 3.0))
+    assert Patient.retry_schedule(Settings.from_env()).describe() == "10, 20 s"  # its own declaration
+    assert get_job_type("demo_batch").retry_schedule(Settings.from_env()).max_retries == 0
+    monkeypatch.setenv("ETL_RETRY_DELAYS_PATIENT", "7")  # a setting naming the type beats it
+    assert Patient.retry_schedule(Settings.from_env()) == RetrySchedule.explicit((7.0,))
     monkeypatch.setenv("ETL_RETRY_DELAYS_FIBONACCI", "5")
     assert fib.retry_schedule(Settings.from_env()) == RetrySchedule.explicit((5.0,))
     monkeypatch.setenv("ETL_RETRY_DELAYS_FIBONACCI", "")

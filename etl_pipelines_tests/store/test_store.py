@@ -41,7 +41,9 @@ def new(store: JobStore, job_id: str, **fields):
 def fail(store: JobStore, job_id: str, retries_left: bool = False):
     events.started(store, job_id, job_id)
     schedule = RetrySchedule.explicit((60.0,) if retries_left else ())
-    return events.attempt_failed(store, job_id, job_id, error="E", traceback=None, schedule=schedule)
+    return events.attempt_failed(
+        store, store.require(job_id), job_id, error="E", traceback=None, schedule=schedule
+    )
 
 
 def test_records_keep_types_and_timestamps(store: JobStore) -> None:

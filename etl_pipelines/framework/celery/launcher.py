@@ -29,7 +29,7 @@ from etl_pipelines.framework.celery.app import make_celery
 from etl_pipelines.framework.celery.task import EXECUTE_RUN_TASK
 from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
 from etl_pipelines.lifecycle.diagnosis import BEATS_MISSED, run_alive
-from etl_pipelines.settings import DEFAULT_QUEUES
+from etl_pipelines.settings import DEFAULT_QUEUES, Settings
 from etl_pipelines.store import JobStore
 from etl_pipelines.store.models import utcnow
 
@@ -48,9 +48,12 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
         job_database_url: str,
         redis_key_prefix: str = "",
         default_queue: str = DEFAULT_QUEUES[-1],
-        heartbeat_seconds: float = 10.0,
+        heartbeat_seconds: float | None = None,
         inst_data: ConfigurableClassData | None = None,
     ):
+        if heartbeat_seconds is None:
+            # Not in dagster.yaml: the interval the deployment's workers beat at, as recovery reads it.
+            heartbeat_seconds = Settings.from_env().heartbeat_seconds
         if heartbeat_seconds <= 0:
             raise ValueError(f"heartbeat_seconds must be positive; got {heartbeat_seconds!r}")
         self._inst_data = inst_data
@@ -116,10 +119,10 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
             "heartbeat_seconds": dg.Field(
                 float,
                 is_required=False,
-                default_value=10.0,
                 description=(
                     "How often running jobs write their heartbeat: the workers' ETL_HEARTBEAT_SECONDS. "
-                    f"An attempt {BEATS_MISSED} beats late is not alive. Default: 10."
+                    f"An attempt {BEATS_MISSED} beats late is not alive. Default: ETL_HEARTBEAT_SECONDS "
+                    "of the process that loads the instance (10)."
                 ),
             ),
         }
