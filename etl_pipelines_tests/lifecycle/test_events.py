@@ -1,15 +1,11 @@
 """The transition table, every event against every status, on an in-memory job table (no services)."""
 
 import itertools
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from etl_pipelines.errors import JobInputError
 from etl_pipelines.lifecycle import TRANSITIONS, NewJob, Refused, RetrySchedule, events
@@ -318,34 +314,6 @@ def test_heartbeats_only_for_the_running_attempt(store: JobStore) -> None:
     assert store.heartbeat("j1", "j1") and store.require("j1").heartbeat_at >= first
     assert not store.heartbeat("j1", "other-run")
     assert len(store.history("j1")) == 2  # beats are not audit events
-
-
-def test_concurrent_claims_one_wins(tmp_path: Path) -> None:
-    """Six processes' worth of claimers of one due retry (sensor, retry-job, UI): exactly one wins."""
-    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
-    new(store, "c1")
-    events.started(store, "c1", "c1")
-    seen = events.attempt_failed(
-        store, store.require("c1"), "c1", error="E", traceback=None, schedule=SCHEDULE
-    )
-    barrier = threading.Barrier(6)
-
-    def claim(_: int) -> str:
-        barrier.wait()
-        try:
-            events.claim_due_retry(store, seen)
-        except JobStateError:
-            return "refused"
-        except sa.exc.OperationalError as exc:  # SQLite: "database is locked", nothing written
-            assert "locked" in str(exc)
-            return "refused"
-        return "won"
-
-    with ThreadPoolExecutor(6) as pool:
-        outcomes = list(pool.map(claim, range(6)))
-    assert outcomes.count("won") == 1, outcomes
-    assert [e.action for e in store.history("c1")].count("retry") == 1
-    assert store.due_retries(datetime.now(UTC) + timedelta(minutes=10)) == []
 
 
 def test_a_failure_seen_before_a_retry_was_claimed_is_not_charged_to_it(store: JobStore) -> None:

@@ -101,7 +101,8 @@ def test_table_lives_beside_dagsters_own(store: JobStore) -> None:
 
 
 def test_claim_is_taken_once(store: JobStore) -> None:
-    """Many concurrent claimers of one due retry (due_retries sensor, retry-job): exactly one wins."""
+    """Many concurrent claimers of one due retry (due_retries sensor, retry-job): exactly one wins,
+    on SQLite (a file, in the fast tier) and on PostgreSQL's row locks."""
     new(store, "c1")
     seen = fail(store, "c1", retries_left=True)
     assert [r.id for r in store.due_retries(datetime.now(UTC) + timedelta(seconds=61))] == ["c1"]
