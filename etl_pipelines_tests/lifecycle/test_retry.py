@@ -92,5 +92,6 @@ def test_no_op_carries_a_policy_dagster_would_retry_in_memory() -> None:
 
     for name in job_types():
         job = defs.resolve_job_def(name)
-        assert all(node.retry_policy is None for node in job.graph.node_dict.values()), name
+        for node in job.graph.node_dict.values():  # neither on the op nor on its invocation
+            assert node.definition.retry_policy is None and node.retry_policy is None, name
         assert job.op_retry_policy is None, name
