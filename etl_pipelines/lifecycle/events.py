@@ -98,9 +98,14 @@ def _apply(
         raise TypeError(f"event {event!r} must name the run it happens on")
     status = row.target or target
     if status is not None:
+        # Derived from the status unless the event says otherwise: only a running attempt beats,
+        # only a waiting job has a retry due, only a final job has finished.
         values["status"] = status
-        if status.is_final:
-            values.setdefault("finished_at", utcnow())
+        if status != STARTED:
+            values.setdefault("heartbeat_at", None)
+        if status != WAITING_RETRY:
+            values.setdefault("next_retry_at", None)
+        values.setdefault("finished_at", utcnow() if status.is_final else None)
     return store.transition(
         job_id,
         event if row.target is not None or status is None else status.value,
@@ -148,6 +153,15 @@ def bootstrap(store: JobStore, job: NewJob, run_id: str, *, must_be_new: bool = 
         existing = store.get(job.id)
         if existing is not None:
             return existing
+    record, created = _create(store, job, run_id)
+    if must_be_new and not created:
+        raise JobStateError(f"job {job.id} already exists")
+    return record
+
+
+def _create(store: JobStore, job: NewJob, run_id: str) -> tuple[JobRecord, bool]:
+    """Insert the record (queued on `run_id`): (it, True), or (the one another process inserted
+    first, False)."""
     now = utcnow()
     record = JobRecord(
         id=job.id,
@@ -165,10 +179,8 @@ def bootstrap(store: JobStore, job: NewJob, run_id: str, *, must_be_new: bool = 
         updated_at=now,
     )
     if store.insert(record, action="queued"):
-        return record
-    if must_be_new:
-        raise JobStateError(f"job {job.id} already exists")
-    return store.require(job.id)  # another process made it between our read and our insert
+        return record, True
+    return store.require(job.id), False
 
 
 class Refused(Exception):
@@ -193,7 +205,7 @@ def admit_run(
     if existing is not None and existing.job_type != job.job_type:
         # A forged or mistaken etl/job_id tag: never let a run take over another type's record.
         raise Refused(f"run tag etl/job_id={job.id} names a {existing.job_type} job, not {job.job_type}")
-    record = existing or bootstrap(store, job, run_id)
+    record = existing or _create(store, job, run_id)[0]
     try:
         check_queue(job.queue, queues)
     except ValueError as exc:
@@ -261,8 +273,6 @@ def started(store: JobStore, job_id: str, run_id: str) -> JobRecord:
         job_id,
         run_id=run_id,
         changes=lambda record: {"started_at": record.started_at or now},
-        next_retry_at=None,
-        finished_at=None,
         heartbeat_at=now,
     )
 
@@ -277,9 +287,6 @@ def completed(store: JobStore, job_id: str, run_id: str, result: Any) -> JobReco
         result=result,
         error=None,
         traceback=None,
-        next_retry_at=None,
-        heartbeat_at=None,
-        finished_at=utcnow(),
     )
 
 
@@ -304,13 +311,12 @@ def attempt_failed(
     """
     attempt = seen.retry_count + 1  # this attempt's number; retry_count counts retries performed
     wait = schedule.wait_before(attempt) if retryable else None
-    now = utcnow()
-    common: dict[str, Any] = {"error": error, "traceback": traceback, "heartbeat_at": None}
+    values: dict[str, Any] = {"error": error, "traceback": traceback}
     if wait is None:
-        target, values = FAILED, {**common, "next_retry_at": None, "finished_at": now}
-        reason = error
+        target, reason = FAILED, error
     else:
-        target, values = WAITING_RETRY, {**common, "next_retry_at": now + timedelta(seconds=wait)}
+        target = WAITING_RETRY
+        values["next_retry_at"] = utcnow() + timedelta(seconds=wait)
         reason = f"attempt {attempt} of {schedule.max_retries + 1} failed: {error}; retry in {wait:g} s"
     return _apply(
         store,
@@ -342,9 +348,6 @@ def cancelled(store: JobStore, job_id: str, run_id: str, *, reason: str | None =
         job_id,
         run_id=run_id,
         reason=reason,
-        next_retry_at=None,
-        heartbeat_at=None,
-        finished_at=utcnow(),
     )
 
 
@@ -363,8 +366,6 @@ def claim_due_retry(store: JobStore, seen: JobRecord) -> JobRecord:
         reason=f"retry {attempt} of {seen.max_retries}{due}",
         queued_at=utcnow(),
         retry_count=attempt,
-        next_retry_at=None,
-        heartbeat_at=None,
     )
 
 
@@ -392,8 +393,6 @@ def claim_manual_retry(store: JobStore, job_id: str, *, actor: str, reason: str 
         reason=reason,
         queued_at=utcnow(),
         retry_count=0,
-        next_retry_at=None,
-        heartbeat_at=None,
     )
 
 
@@ -426,9 +425,6 @@ def mark_completed(store: JobStore, job_id: str, *, actor: str, reason: str) -> 
         result={"resolved_manually": reason},
         error=None,
         traceback=None,
-        next_retry_at=None,
-        heartbeat_at=None,
-        finished_at=utcnow(),
     )
 
 

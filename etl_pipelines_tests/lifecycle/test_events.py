@@ -74,7 +74,8 @@ def test_every_event_of_the_table_is_exercised() -> None:
 @pytest.mark.parametrize(("event", "status"), list(itertools.product(TRANSITIONS, JobStatus)))
 def test_each_event_happens_only_from_its_statuses(store: JobStore, event: str, status: JobStatus) -> None:
     new(store, run_id="r1")
-    put(store, "j1", status, next_retry_at=datetime.now(UTC))
+    now = datetime.now(UTC)  # every timestamp set, whatever the status: events must clear them
+    put(store, "j1", status, next_retry_at=now, heartbeat_at=now, finished_at=now)
     before = store.require("j1")
     trail = len(store.history("j1"))
     row = TRANSITIONS[event]
@@ -82,6 +83,10 @@ def test_each_event_happens_only_from_its_statuses(store: JobStore, event: str, 
         after = EVENTS[event](store) if event != "rejected" else _rejected(store)
         if row.target is not None:
             assert after.status == row.target
+        if event != "recovering":  # a claim changes no status; every other event keeps these true
+            assert (after.heartbeat_at is not None) == (after.status == JobStatus.STARTED)
+            assert (after.next_retry_at is not None) == (after.status == JobStatus.WAITING_RETRY)
+            assert (after.finished_at is not None) == after.status.is_final
         assert len(store.history("j1")) == trail + 1
         return
     with pytest.raises((JobStateError, Refused)):
