@@ -93,6 +93,11 @@ class Settings:
             ),
         )
 
+    @property
+    def target_dialect(self) -> str:
+        """The target database's SQL dialect (postgresql, sqlite, ...), from its URL's scheme."""
+        return self.target_database_url.split(":", 1)[0].split("+", 1)[0]
+
     def require_redis(self) -> str:
         """ETL_REDIS_URL, which the Celery launcher and workers cannot do without."""
         if not self.redis_url:

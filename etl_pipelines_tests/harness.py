@@ -67,7 +67,8 @@ def instance_yaml(source: Path, **coordinator_config: Any) -> str:
     a prefix configures it: every production test deployment sets it, and its workers read it.
     """
     config = yaml.safe_load(source.read_text())
-    config["run_coordinator"]["config"].update(coordinator_config)
+    if coordinator_config:
+        config["run_coordinator"].setdefault("config", {}).update(coordinator_config)
     launcher = config.get("run_launcher") or {}
     if launcher.get("class") == "EtlCeleryRunLauncher":
         launcher["config"]["redis_key_prefix"] = {"env": "ETL_REDIS_KEY_PREFIX"}

@@ -134,32 +134,32 @@ def test_broker_and_health_checks_use_the_configured_prefix_queue_and_job_table(
     assert launcher.check_run_worker_health(untagged).status == WorkerStatus.SUCCESS
 
 
-def allow_runs_into_celery(deployment: Deployment, count: int) -> None:
-    (deployment.home / "dagster.yaml").write_text(instance_yaml(PRODUCTION_YAML, max_concurrent_runs=count))
-
-
 def run_status(run_id: str) -> dg.DagsterRunStatus:
     run = get_instance().get_run_by_id(run_id)
     assert run is not None
     return run.status
 
 
+def waiting_in_celery(run_id: str) -> bool:
+    """QUEUED (not STARTING: run monitoring's start timeout does not apply) with its task in the broker."""
+    instance = get_instance()
+    run = instance.get_run_by_id(run_id)
+    return (
+        run is not None
+        and run.status == dg.DagsterRunStatus.QUEUED
+        and instance.run_launcher.task_in_broker(run)
+    )
+
+
 @pytest.mark.e2e
 def test_backlog_in_celery_runs_strictly_by_queue(pg_deployment: Deployment) -> None:
-    """Workers down, 30 runs waiting in Celery; one worker with one slot takes high, then medium, then low."""
-    allow_runs_into_celery(pg_deployment, 30)
+    """No daemon, no worker: 30 runs wait in Celery from the moment they are dispatched; one worker
+    with one slot takes high, then medium, then low."""
     handles = [dispatch("fibonacci", n=5, queue=q) for _ in range(10) for q in ("low", "medium", "high")]
     store = JobStore(pg_deployment.database_url)
-    with pg_deployment.daemon(workers=0):
-        # The daemon lets all 30 into Celery (STARTING): the order is now Celery's alone.
-        poll(
-            lambda: all(run_status(h.id) == dg.DagsterRunStatus.STARTING for h in handles),
-            60,
-            0.3,
-            "all runs sent to Celery",
-        )
-        with pg_deployment.worker(concurrency=1):
-            wait_for_jobs(store, [h.id for h in handles])
+    assert all(waiting_in_celery(h.id) for h in handles)
+    with pg_deployment.worker(concurrency=1):
+        wait_for_jobs(store, [h.id for h in handles])
     records = sorted((store.require(h.id) for h in handles), key=lambda r: r.started_at)
     assert [r.queue for r in records] == ["high"] * 10 + ["medium"] * 10 + ["low"] * 10
     assert {r.status for r in records} == {JobStatus.COMPLETED}
@@ -167,18 +167,12 @@ def test_backlog_in_celery_runs_strictly_by_queue(pg_deployment: Deployment) -> 
 
 @pytest.mark.e2e
 def test_high_job_goes_next_on_a_busy_worker(pg_deployment: Deployment) -> None:
-    allow_runs_into_celery(pg_deployment, 10)
     store = JobStore(pg_deployment.database_url)
-    with pg_deployment.daemon(workers=0), pg_deployment.worker(concurrency=1):
+    with pg_deployment.worker(concurrency=1):
         slow = dispatch("slow_query", duration=4, queue="low")
         poll(lambda: store.require(slow.id).status == JobStatus.STARTED, 60, 0.1, "the long low job to start")
         waiting = [dispatch("fibonacci", n=3, queue="low") for _ in range(3)]
-        poll(
-            lambda: all(run_status(h.id) == dg.DagsterRunStatus.STARTING for h in waiting),
-            30,
-            0.1,
-            "low jobs waiting in Celery",
-        )
+        assert all(waiting_in_celery(h.id) for h in waiting)
         urgent = dispatch("fibonacci", n=3, queue="high")
         wait_for_jobs(store, [slow.id, urgent.id, *(h.id for h in waiting)])
     first_after_slow = min((store.require(h.id) for h in [urgent, *waiting]), key=lambda r: r.started_at)
@@ -187,13 +181,21 @@ def test_high_job_goes_next_on_a_busy_worker(pg_deployment: Deployment) -> None:
 
 
 @pytest.mark.e2e
+def test_high_job_behind_a_thousand_low_ones_starts_first(pg_deployment: Deployment) -> None:
+    """1,000 low jobs waiting in Celery, then one high: the worker's first job is the high one."""
+    store = JobStore(pg_deployment.database_url)
+    low = [dispatch("fibonacci", n=1, queue="low") for _ in range(1000)]
+    urgent = dispatch("fibonacci", n=1, queue="high")
+    with pg_deployment.worker(concurrency=1):
+        wait_for_jobs(store, [urgent.id])
+    started = [r for r in (store.require(h.id) for h in low) if r.started_at is not None]
+    assert all(r.started_at > store.require(urgent.id).started_at for r in started)
+
+
+@pytest.mark.e2e
 def test_two_workers_run_two_jobs_at_once(pg_deployment: Deployment) -> None:
     store = JobStore(pg_deployment.database_url)
-    with (
-        pg_deployment.daemon(workers=0),
-        pg_deployment.worker(concurrency=1),
-        pg_deployment.worker(concurrency=1),
-    ):
+    with pg_deployment.worker(concurrency=1), pg_deployment.worker(concurrency=1):
         jobs = [dispatch("slow_query", duration=3, queue="medium") for _ in range(2)]
         wait_for_jobs(store, [j.id for j in jobs])
     a, b = (store.require(j.id) for j in jobs)
@@ -205,16 +207,15 @@ def test_two_workers_run_two_jobs_at_once(pg_deployment: Deployment) -> None:
 def test_each_queue_is_served_only_by_its_workers(pg_deployment: Deployment) -> None:
     store = JobStore(pg_deployment.database_url)
     handles = {q: dispatch("fibonacci", n=7, queue=q) for q in ("high", "medium", "low", "default")}
-    with pg_deployment.daemon(workers=0):
-        done: set[str] = set()
-        for queue in ("default", "low", "medium", "high"):
-            with pg_deployment.worker(concurrency=1, queues=queue):
-                wait_for_jobs(store, [handles[queue].id], timeout=60)
-                done.add(queue)
-                # Jobs of queues no worker consumes yet are still waiting.
-                for other, handle in handles.items():
-                    if other not in done:
-                        assert not store.require(handle.id).status.is_final, other
+    done: set[str] = set()
+    for queue in ("default", "low", "medium", "high"):
+        with pg_deployment.worker(concurrency=1, queues=queue):
+            wait_for_jobs(store, [handles[queue].id], timeout=60)
+            done.add(queue)
+            # Jobs of queues no worker consumes yet are still waiting.
+            for other, handle in handles.items():
+                if other not in done:
+                    assert not store.require(handle.id).status.is_final, other
     for queue, handle in handles.items():
         record = store.require(handle.id)
         assert record.status == JobStatus.COMPLETED and record.result == 13 and record.queue == queue

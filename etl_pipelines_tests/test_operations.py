@@ -33,7 +33,7 @@ def ops_deployment(
         pg_url,
         redis_url,
         redis_prefix,
-        instance_yaml(PRODUCTION_YAML, max_concurrent_runs=6),
+        instance_yaml(PRODUCTION_YAML),
         ETL_HEARTBEAT_SECONDS="1",
         ETL_RECOVERY_GRACE_SECONDS="3",
     ) as deployment:

@@ -20,6 +20,7 @@ from dagster._core.execution.compute_logs import redirect_to_file
 from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.run_coordinator.base import RunCoordinator
 from dagster._core.remote_representation.external import RemoteJob
 from dagster._core.storage.compute_log_manager import CapturedLogContext
 from dagster._core.storage.defs_state.base import set_defs_state_storage
@@ -35,8 +36,8 @@ from etl_pipelines.settings import LOCATION_NAME
 
 DEFINITIONS_MODULE = "etl_pipelines.definitions"
 
-# Re-exported for the Celery run launcher and the compute log manager, which must subclass
-# Dagster's interfaces.
+# Re-exported for the run coordinator, the Celery run launcher and the compute log manager, which
+# must subclass Dagster's interfaces.
 __all__ = [
     "CapturedLogContext",
     "CheckRunHealthResult",
@@ -44,6 +45,7 @@ __all__ = [
     "ConfigurableClassData",
     "LaunchRunContext",
     "LocalComputeLogManager",
+    "RunCoordinator",
     "RunLauncher",
     "RunSubmitter",
     "WorkerStatus",

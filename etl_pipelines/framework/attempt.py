@@ -13,11 +13,12 @@ import sqlalchemy as sa
 
 from etl_pipelines.errors import JobTimeoutError, NonRetryableError
 from etl_pipelines.framework.base import BaseJob, JobContext
+from etl_pipelines.framework.launch import hand_on
 from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
-from etl_pipelines.lifecycle import events
+from etl_pipelines.lifecycle import RetrySchedule, events
 from etl_pipelines.resources import JobStoreResource, TargetDatabase
 from etl_pipelines.settings import Settings
-from etl_pipelines.store import JobStore
+from etl_pipelines.store import JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,23 @@ def run_attempt(
         settings=settings,
         timeout=job_cls.timeout(settings),
     )
+    try:
+        return _attempt(context, job, store, record, ctx, schedule)
+    finally:
+        # The attempt is over: the next run waiting for its table starts now, not when this run
+        # has finished its bookkeeping.
+        hand_on(context.instance, store, run.run_id)
+
+
+def _attempt(
+    context: dg.OpExecutionContext,
+    job: BaseJob,
+    store: JobStore,
+    record: JobRecord,
+    ctx: JobContext,
+    schedule: RetrySchedule,
+) -> Any:
+    settings, run, job_id = ctx.settings, context.run, ctx.job_id
     try:
         with Heartbeat(store, job_id, run.run_id, settings.heartbeat_seconds):
             job.validate_input(settings)

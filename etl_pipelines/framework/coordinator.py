@@ -1,38 +1,101 @@
-"""EtlRunCoordinator: Dagster's queued run coordinator, plus a job record for every run submitted.
+"""EtlRunCoordinator: every run is admitted when it is submitted and handed to Celery at once.
 
-Every path that queues a run goes through the instance's run coordinator: dispatch(), the UI
-launchpad and re-execution, GraphQL, `dagster job launch`, schedules and sensors. So this is where
-a run is admitted for its job (lifecycle.events.admit_run: record made or followed, queue checked,
-or the run refused) and where its queue becomes the `dagster/priority` the QueuedRunCoordinator
-sorts by.
+Every path that submits a run goes through the instance's run coordinator: dispatch(), the UI
+launchpad and re-execution, GraphQL `launchRun`, `dagster job launch`, schedules, sensors, due
+retries and recovery. Here a run is admitted for its job (lifecycle.events.admit_run: record made
+or followed, queue checked, or the run refused), its tags are set from its config (queue,
+priority, target table, time limit: never taken from the launch), it is marked QUEUED, and, unless
+another run holds its target table (lifecycle.admission), its task goes to its Celery priority
+queue in the same call. Celery's queues hold the backlog, strictly by priority; no daemon tick is
+on the path. A run waiting for its table stays QUEUED and is handed to Celery by whoever ends the
+holder's attempt (`hand_on`).
+
+Until a worker takes it, a run is QUEUED, not STARTING: Dagster's run monitoring times out only
+runs that are starting, so no backlog, however deep, fails a run for waiting (the worker marks it
+STARTING when it takes it). A message the broker lost is found by recovery.
 """
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
 
 import dagster as dg
 
+from etl_pipelines.framework._dagster_internal import ConfigurableClass, ConfigurableClassData, RunCoordinator
+from etl_pipelines.framework.launch import hand_on, start
 from etl_pipelines.framework.op import params_of
 from etl_pipelines.framework.registry import job_types
-from etl_pipelines.framework.tags import JOB_ID_TAG, QUEUE_TAG, job_id_of, run_tags
-from etl_pipelines.lifecycle import Refused, events
+from etl_pipelines.framework.tags import JOB_ID_TAG, PRIORITY_TAG, QUEUE_TAG, TARGET_TAG, job_id_of, run_tags
+from etl_pipelines.lifecycle import Refused, admission, events
 from etl_pipelines.settings import Settings
-from etl_pipelines.store import JobStore
+from etl_pipelines.store import JobStateError, JobStore
+
+logger = logging.getLogger(__name__)
 
 
-class EtlRunCoordinator(dg.QueuedRunCoordinator):
-    """QueuedRunCoordinator that records each etl_pipelines run in the job table before queueing it."""
+class EtlRunCoordinator(RunCoordinator, ConfigurableClass):
+    """Admits each run when it is submitted and sends it to its Celery queue unless its table is busy."""
+
+    def __init__(self, inst_data: ConfigurableClassData | None = None):
+        self._inst_data = inst_data
+        super().__init__()
+
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
+    ) -> "EtlRunCoordinator":
+        return cls(inst_data=inst_data, **config_value)
 
     def submit_run(self, context: dg.SubmitRunContext) -> dg.DagsterRun:
         run = context.dagster_run
-        if run.job_name in job_types() and run.status == dg.DagsterRunStatus.NOT_STARTED:
-            run = register_run(self._instance, run, Settings.from_env())
+        if run.status != dg.DagsterRunStatus.NOT_STARTED:
+            logger.warning("run %s submitted again while %s; left as it is", run.run_id, run.status.value)
+            return self._instance.get_run_by_id(run.run_id) or run
+        settings = Settings.from_env()
+        if run.job_name in job_types():
+            run = register_run(self._instance, run, settings)
             if run.status == dg.DagsterRunStatus.FAILURE:
                 return run
-            context = dg.SubmitRunContext(run, context.workspace)
-        return super().submit_run(context)
+        self._instance.report_dagster_event(dg.DagsterEvent.job_enqueue(run), run_id=run.run_id)
+        run = run.with_status(dg.DagsterRunStatus.QUEUED)  # what the event wrote; no re-read
+        admit(self._instance, run, JobStore(settings.database_url))
+        return run
+
+    def cancel_run(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            return False
+        if run.status != dg.DagsterRunStatus.QUEUED:
+            return self._instance.run_launcher.terminate(run_id)
+        # Waiting in Celery or in its table's line: taken out of the broker first, so no worker
+        # takes it after this (one that already did finds the run cancelled and drops it).
+        withdraw = getattr(self._instance.run_launcher, "withdraw", None)
+        if withdraw is not None:
+            withdraw(run)
+        self._instance.report_run_canceling(run, message="Cancelling a run that waits to start.")
+        self._instance.report_run_canceled(run, message="Cancelled before it started.")
+        if run.job_name in job_types():
+            store = JobStore(Settings.from_env().database_url)
+            record = store.get(job_id_of(run))
+            if record is not None and record.run_id == run_id:
+                with contextlib.suppress(JobStateError):  # it started or ended meanwhile
+                    events.cancelled(store, record.id, run_id, reason="cancelled while waiting to start")
+            hand_on(self._instance, store, run_id)
+        return True
 
 
 def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun, settings: Settings) -> dg.DagsterRun:
-    """Admit the run for its job and tag it with job id, queue, priority, target and time limit;
-    a refused run is failed with the reason, before it runs."""
+    """Admit the run for its job and set its job id, queue, priority, target and time limit from its
+    config (a launch's own values for these are overwritten); a refused run is failed with the reason."""
     job_cls = job_types()[run.job_name]
     queue = run.tags.get(QUEUE_TAG) or job_cls.queue
     job_id = job_id_of(run)
@@ -51,11 +114,33 @@ def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun, settings: Set
         return instance.get_run_by_id(run.run_id) or run
     try:
         job = job_cls(**payload)
-    except Exception:  # bad config: the op reports it; only the target tag is lost here
+    except Exception:  # bad config: the op reports it; no target to wait for
         job = None
-    wanted = {JOB_ID_TAG: job_id, **run_tags(job, job_cls, queue, settings)}
-    missing = {key: value for key, value in wanted.items() if key not in run.tags}
-    if missing:
-        instance.add_run_tags(run.run_id, missing)
+    tags = run_tags(job, job_cls, queue, settings)
+    if job is not None and TARGET_TAG in tags:
+        tags[TARGET_TAG] = admission.table_key(tags[TARGET_TAG], settings.target_dialect)
+    wanted = {JOB_ID_TAG: job_id, **tags}
+    changed = {key: value for key, value in wanted.items() if run.tags.get(key) != value}
+    if TARGET_TAG in run.tags and TARGET_TAG not in wanted:
+        changed[TARGET_TAG] = ""  # a launch's own target for a job that has none
+    if changed:
+        instance.add_run_tags(run.run_id, changed)
         run = instance.get_run_by_id(run.run_id) or run
     return run
+
+
+def admit(instance: dg.DagsterInstance, run: dg.DagsterRun, store: JobStore) -> None:
+    """Send the QUEUED run to Celery now, unless another run holds its table: then it waits in line."""
+    target = run.tags.get(TARGET_TAG) if run.job_name in job_types() else None
+    if not target:
+        start(instance, run)
+        return
+    priority = int(run.tags.get(PRIORITY_TAG) or 0)
+    first = admission.enter(store, run.run_id, job_id_of(run), target, priority)
+    if first is None:
+        holders = [claim.run_id for claim in store.claims(target) if claim.holding]
+        instance.report_engine_event(
+            f"Waiting for table {target}, held by run {holders[0] if holders else '?'}.", run
+        )
+        return
+    start(instance, run if first == run.run_id else instance.get_run_by_id(first))

@@ -147,3 +147,32 @@ class JobEvent(Base):
             "actor": self.actor,
             "reason": self.reason,
         }
+
+
+class TableClaim(Base):
+    """A run's place in line for its target table: at most one run per table holds it.
+
+    A targeted run gets its row when it is submitted; the row holds the table (`holding`) or waits
+    behind the holder, in priority then submission order, until the holder's attempt ends and
+    releases it. The partial unique index makes "one holder per table" the database's guarantee.
+    """
+
+    __tablename__ = "etl_table_claims"
+    __table_args__ = (
+        sa.Index(
+            "ux_etl_table_claims_holder",
+            "target",
+            unique=True,
+            postgresql_where=sa.text("holding"),
+            sqlite_where=sa.text("holding"),
+        ),
+        sa.Index("ix_etl_table_claims_line", "target", "holding", "priority", "queued_at"),
+    )
+
+    run_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    job_id: Mapped[str] = mapped_column(sa.String(36))
+    # The normalised table key (lifecycle.admission.table_key): one table, one key.
+    target: Mapped[str] = mapped_column(sa.String(200))
+    priority: Mapped[int] = mapped_column(default=0)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    holding: Mapped[bool] = mapped_column(default=False)

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from etl_pipelines.store.engine import create_engine, get_engine
-from etl_pipelines.store.models import Base, JobEvent, JobRecord, JobStatus, utcnow
+from etl_pipelines.store.models import Base, JobEvent, JobRecord, JobStatus, TableClaim, utcnow
 
 # The actor of what the system does by itself; people are recorded by OS user or --actor.
 SYSTEM_ACTOR = "etl_pipelines"
@@ -234,6 +234,73 @@ class JobStore:
                 raise JobNotFoundError(f"no job with id {job_id!r}")
             record.alerted_at = utcnow()
         return record
+
+    # -- one run per table (lifecycle.admission holds the rules) ---------------------------------
+
+    def join_line(self, run_id: str, job_id: str, target: str, priority: int) -> None:
+        """Put `run_id` in line for `target` (nothing if it already has its place)."""
+        try:
+            with self._session() as session, session.begin():
+                claim = TableClaim(run_id=run_id, job_id=job_id, target=target, priority=priority)
+                session.add(claim)
+        except sa.exc.IntegrityError:
+            pass  # submitted again (recovery): its place is kept
+
+    def promote(self, target: str) -> str | None:
+        """Let the first run in line for `target` hold it, if nobody does: its run id, else None.
+
+        The partial unique index refuses a second holder, so two processes promoting at once
+        promote one run between them.
+        """
+        line = (
+            sa.select(TableClaim.run_id)
+            .where(TableClaim.target == target, TableClaim.holding.is_(False))
+            .order_by(TableClaim.priority.desc(), TableClaim.queued_at, TableClaim.run_id)
+            .limit(1)
+        )
+        holder = sa.select(TableClaim.run_id).where(TableClaim.target == target, TableClaim.holding.is_(True))
+        while True:
+            with self._session() as session:
+                if session.scalar(holder) is not None:
+                    return None
+                first = session.scalar(line)
+            if first is None:
+                return None
+            try:
+                with self._session() as session, session.begin():
+                    changed = _rowcount(
+                        session,
+                        sa.update(TableClaim)
+                        .where(TableClaim.run_id == first, TableClaim.holding.is_(False))
+                        .values(holding=True),
+                    )
+            except sa.exc.IntegrityError:
+                return None  # another process promoted a run just now
+            if changed:
+                return first
+            # `first` left the line meanwhile (cancelled): look again.
+
+    def leave_line(self, run_id: str) -> TableClaim | None:
+        """Take `run_id` out of its table's line (holding or waiting): its claim as it was, or None."""
+        with self._session() as session, session.begin():
+            claim = session.get(TableClaim, run_id)
+            if claim is not None:
+                session.delete(claim)
+            return claim
+
+    def claim(self, run_id: str) -> TableClaim | None:
+        with self._session() as session:
+            return session.get(TableClaim, run_id)
+
+    def claims(self, target: str | None = None) -> Sequence[TableClaim]:
+        """Every claim (of `target`), holders first, then the line in order."""
+        query = sa.select(TableClaim).order_by(
+            TableClaim.target, TableClaim.holding.desc(), TableClaim.priority.desc(), TableClaim.queued_at
+        )
+        if target is not None:
+            query = query.where(TableClaim.target == target)
+        with self._session() as session:
+            return session.scalars(query).all()
 
 
 def _rowcount(session: Session, statement: sa.Update) -> int:

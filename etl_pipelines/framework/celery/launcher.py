@@ -1,11 +1,10 @@
 """Celery over Redis: the priority queues that warm workers take whole Dagster runs from.
 
-Dagster's run queue (QueuedRunCoordinator) keeps the backlog, sorted by priority and limited per
-target table; it lets at most `max_concurrent_runs` runs (the worker slots) into Celery. The run
-launcher below sends each run to the Celery queue named by its etl/queue tag; a worker consumes
-its queues strictly in priority order (kombu's `queue_order_strategy: priority`, no prefetch) and
-executes the run in its own process with a pooled Dagster instance, instead of spawning a process
-per run.
+The run coordinator (EtlRunCoordinator) hands each admitted run to `enqueue` the moment it is
+submitted; the run stays QUEUED until a worker takes it. The queues hold the backlog: a worker
+consumes its queues strictly in priority order (kombu's `queue_order_strategy: priority`, no
+prefetch) and executes the run in its own process with a pooled Dagster instance, instead of
+spawning a process per run.
 """
 
 import json
@@ -27,6 +26,7 @@ from etl_pipelines.framework._dagster_internal import (
 )
 from etl_pipelines.framework.celery.app import make_celery
 from etl_pipelines.framework.celery.task import EXECUTE_RUN_TASK
+from etl_pipelines.framework.launch import hand_on
 from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
 from etl_pipelines.lifecycle.diagnosis import BEATS_MISSED, run_alive
 from etl_pipelines.settings import DEFAULT_QUEUES, Settings
@@ -136,12 +136,27 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
     def _queue(self, run: dg.DagsterRun) -> str:
         return run.tags.get(QUEUE_TAG) or self.default_queue
 
-    def launch_run(self, context: LaunchRunContext) -> None:
-        run = context.dagster_run
-        queue = self._queue(run)
+    def enqueue(self, run: dg.DagsterRun) -> None:
+        """Send a submitted run's task to the Celery queue of its etl/queue tag (EtlRunCoordinator)."""
         # The task id is the run id, so health checks and revocation need no extra bookkeeping.
-        self.app.send_task(EXECUTE_RUN_TASK, args=[run.run_id], queue=queue, task_id=run.run_id)
-        self._instance.report_engine_event(f"Sent to Celery queue {queue!r}.", run, cls=self.__class__)
+        self.app.send_task(EXECUTE_RUN_TASK, args=[run.run_id], queue=self._queue(run), task_id=run.run_id)
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        # Only for a caller that launches directly (instance.launch_run): the run is STARTING.
+        self.enqueue(context.dagster_run)
+
+    def withdraw(self, run: dg.DagsterRun) -> bool:
+        """Take a run's waiting task out of its Celery queue: True if it was there."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            removed = 0
+            for key in self._queue_keys(run):
+                for raw in client.lrange(key, 0, -1):
+                    if _task_id(raw) == run.run_id:
+                        removed += int(client.lrem(key, 0, raw))  # type: ignore[arg-type]
+            return removed > 0
+        finally:
+            client.close()
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
@@ -150,22 +165,27 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
         self._instance.report_run_canceling(run)
         self.app.control.revoke(run_id, terminate=True)
         self._instance.report_run_canceled(run, message="Revoked the run's Celery task.")
+        # Its process was stopped mid-attempt: nobody else hands its table on.
+        hand_on(self._instance, JobStore(self.job_database_url), run_id)
         return True
+
+    def _queue_keys(self, run: dg.DagsterRun) -> list[str]:
+        # kombu keeps one Redis list per priority step of a queue: queue, queue\x06\x163, ...
+        queue = self.redis_key_prefix + self._queue(run)
+        return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
 
     def task_in_broker(self, run: dg.DagsterRun) -> bool:
         """Is the run's task still waiting in its Celery queue, or held by a worker (unacknowledged)?
 
-        Recovery asks this of runs stuck in STARTING. A missing task is a plain False; an
+        Recovery asks this of QUEUED runs that should be in the broker. A missing task is a plain False; an
         unreachable Redis raises (redis.ConnectionError), so "don't know" is never "gone".
         """
-        queue = self._queue(run)
-        prefix = self.redis_key_prefix
         client = redis.Redis.from_url(self.redis_url)
+        prefix = self.redis_key_prefix
         try:
-            # kombu keeps one list per priority step (queue, queue\x06\x163, ...) and the
-            # messages workers hold in the "unacked" hash until they acknowledge them (acks_late).
-            keys = [prefix + queue] + [f"{prefix}{queue}\x06\x16{step}" for step in (3, 6, 9)]
-            for key in keys:
+            # The queue's lists, and the messages workers hold in the "unacked" hash until they
+            # acknowledge them (acks_late).
+            for key in self._queue_keys(run):
                 if any(_task_id(raw) == run.run_id for raw in client.lrange(key, 0, -1)):
                     return True
             return any(_task_id(raw, wrapped=True) == run.run_id for raw in client.hvals(prefix + "unacked"))

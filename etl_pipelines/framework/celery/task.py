@@ -1,4 +1,4 @@
-"""The Celery task a worker runs: execute one launched Dagster run in this warm process."""
+"""The Celery task a worker runs: execute one submitted Dagster run in this warm process."""
 
 import logging
 from typing import Any
@@ -12,16 +12,30 @@ logger = logging.getLogger(__name__)
 
 
 def execute_run(task: Any, run_id: str) -> str:
-    """Celery task: execute a launched run here, once (a redelivered message finds it started)."""
+    """Celery task: take a QUEUED run (it becomes STARTING) and execute it here, once; a run that
+    is cancelled, finished or already taken (a redelivered message) is left alone."""
     from etl_pipelines.framework.instance import get_instance
+    from etl_pipelines.framework.launch import hand_on
+    from etl_pipelines.settings import Settings
+    from etl_pipelines.store import JobStore
 
     instance = get_instance()
     run = instance.get_run_by_id(run_id)
     if run is None:
         logger.warning("run %s does not exist; dropping its task", run_id)
         return "missing"
-    if run.status != dg.DagsterRunStatus.STARTING:
-        logger.info("run %s is %s, not STARTING; not executing it again", run_id, run.status.value)
+    if run.status == dg.DagsterRunStatus.QUEUED:
+        starting = dg.DagsterEvent(
+            event_type_value=dg.DagsterEventType.RUN_STARTING.value, job_name=run.job_name
+        )
+        instance.report_dagster_event(starting, run_id=run_id)
+    elif run.status != dg.DagsterRunStatus.STARTING:
+        logger.info("run %s is %s; not executing it again", run_id, run.status.value)
         return f"skipped: {run.status.value}"
-    code = execute_run_here(instance, run_id)
+    try:
+        code = execute_run_here(instance, run_id)
+    finally:
+        # The op hands its table on when its attempt ends; this covers a run that ended before its
+        # op did (bad config, a failure setting up). Nothing to do when the op did it already.
+        hand_on(instance, JobStore(Settings.from_env().database_url), run_id)
     return "failure" if code else "success"
