@@ -9,6 +9,7 @@ from datetime import timedelta
 import dagster as dg
 
 from etl_pipelines.framework.instance import get_instance
+from etl_pipelines.framework.launch import hand_on
 from etl_pipelines.framework.op import params_of, run_config_for
 from etl_pipelines.framework.recovery import RECOVERY_PREFIX, recover
 from etl_pipelines.framework.registry import get_job_type, job_types
@@ -54,6 +55,8 @@ def job_failures(context: dg.RunFailureSensorContext, job_store: JobStoreResourc
     if run.job_name not in job_types():
         return
     store = job_store.store()
+    # Its table goes to the next run in line, whoever records the failure (a no-op if its op did).
+    hand_on(context.instance, store, run.run_id)
     record = store.get(job_id_of(run))
     message = context.failure_event.message or "run failed"
     if message.startswith(RECOVERY_PREFIX):

@@ -22,7 +22,6 @@ from etl_pipelines_tests.harness import (
     BIN,
     Deployment,
     free_port,
-    instance_yaml,
     poll,
     wait_for_jobs,
 )

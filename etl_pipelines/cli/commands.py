@@ -96,6 +96,15 @@ def manual_retry(
     return retry_failed_job(instance, jobs, settings, job_id, actor=actor, reason=reason)
 
 
+def cancel_job(
+    instance: "dg.DagsterInstance", jobs: "JobStore", job_id: str, actor: str, reason: str | None
+) -> "JobRecord":
+    """A queued, started or waiting_retry job cancelled, its run taken out of the broker or revoked."""
+    from etl_pipelines.framework.coordinator import cancel_job as cancel
+
+    return cancel(instance, jobs, job_id, actor=actor, reason=reason)
+
+
 def resolve_by_hand(jobs: "JobStore", job_id: str, actor: str, reason: str) -> "JobRecord":
     """A failed job counted as completed without running, with who and why in its history."""
     from etl_pipelines.lifecycle.events import mark_completed
@@ -325,6 +334,18 @@ def retry_job(
         retried += 1
     if retry_all:
         click.echo(f"{retried} job(s) retried, {skipped} skipped", err=True)
+
+
+@cli.command()
+@click.option("--job-id", required=True, help="The queued, started or waiting_retry job to cancel.")
+@click.option("--reason", help="Why, for the audit trail.")
+@ACTOR_OPTION
+@clear_errors
+def cancel(job_id: str, reason: str | None, actor: str | None) -> None:
+    """Cancel a job: waiting for a worker or its table (taken out of the queue), running (its task
+    revoked), or waiting for its retry (the retry never starts)."""
+    record = cancel_job(dagster_instance(), open_store(), job_id, _actor(actor), reason)
+    click.echo(f"{record.id} {record.status.value}")
 
 
 @cli.command("mark-completed")

@@ -29,7 +29,7 @@ from etl_pipelines.framework.registry import job_types
 from etl_pipelines.framework.tags import JOB_ID_TAG, PRIORITY_TAG, QUEUE_TAG, TARGET_TAG, job_id_of, run_tags
 from etl_pipelines.lifecycle import Refused, admission, events
 from etl_pipelines.settings import Settings
-from etl_pipelines.store import JobStateError, JobStore
+from etl_pipelines.store import JobRecord, JobStateError, JobStatus, JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -144,3 +144,25 @@ def admit(instance: dg.DagsterInstance, run: dg.DagsterRun, store: JobStore) -> 
         )
         return
     start(instance, run if first == run.run_id else instance.get_run_by_id(first))
+
+
+def cancel_job(
+    instance: dg.DagsterInstance, store: JobStore, job_id: str, *, actor: str, reason: str | None
+) -> JobRecord:
+    """An operator cancels a job: a queued or started one through its run (taken out of the broker,
+    or its task revoked), one waiting for its retry in the job table. JobStateError otherwise."""
+    record = store.require(job_id)
+    if record.status == JobStatus.WAITING_RETRY:
+        return events.retry_cancelled(store, record, actor=actor, reason=reason)
+    run = instance.get_run_by_id(record.run_id) if record.run_id else None
+    if record.status not in (JobStatus.QUEUED, JobStatus.STARTED) or run is None or run.is_finished:
+        raise JobStateError(
+            f"job {job_id} is {record.status.value}"
+            + (f" and its run {run.run_id} is {run.status.value}" if run is not None else "")
+            + ": only a queued, started or waiting_retry job with a live run can be cancelled"
+        )
+    if not instance.run_coordinator.cancel_run(run.run_id):
+        raise JobStateError(f"run {run.run_id} of job {job_id} could not be cancelled (it ended meanwhile)")
+    with contextlib.suppress(JobStateError):  # the coordinator cancelled it already (a waiting run)
+        events.cancelled(store, job_id, run.run_id, actor=actor, reason=reason)
+    return store.require(job_id)

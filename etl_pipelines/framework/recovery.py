@@ -14,8 +14,9 @@ import dagster as dg
 import redis
 
 from etl_pipelines.framework._dagster_internal import run_submitter
+from etl_pipelines.framework.launch import hand_on, start
 from etl_pipelines.framework.retries import Action, run_failed, submit_new_run
-from etl_pipelines.lifecycle import RunSnapshot, RunState, Verdict, diagnose, events
+from etl_pipelines.lifecycle import RunSnapshot, RunState, Verdict, admission, diagnose, events
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStateError, JobStore
 from etl_pipelines.store.models import utcnow
@@ -40,10 +41,12 @@ def recover(
     records = store.unfinished(since=None if since is None else utcnow() - since)
     run_records = _run_records(instance, [r.run_id for r in records if r.run_id])
     in_broker = getattr(instance.run_launcher, "task_in_broker", None)
+    if not dry_run:
+        actions += _release_ended_holders(instance, store)
     for record in records:
         run_record = run_records.get(record.run_id) if record.run_id else None
         try:
-            snapshot = _snapshot(instance, run_record, in_broker)
+            snapshot = _snapshot(instance, store, run_record, in_broker)
             finding = diagnose(
                 record,
                 snapshot,
@@ -72,29 +75,42 @@ def recover(
 def _run_records(instance: dg.DagsterInstance, run_ids: list[str], chunk: int = 500) -> dict:
     """Run records by id, a few hundred per query (a long backlog is checked every 30 s)."""
     found = {}
-    for start in range(0, len(run_ids), chunk):
-        for run_record in instance.get_run_records(dg.RunsFilter(run_ids=run_ids[start : start + chunk])):
+    for first in range(0, len(run_ids), chunk):
+        for run_record in instance.get_run_records(dg.RunsFilter(run_ids=run_ids[first : first + chunk])):
             found[run_record.dagster_run.run_id] = run_record
     return found
 
 
-def _snapshot(instance: dg.DagsterInstance, run_record, in_broker) -> RunSnapshot | None:
-    """The lifecycle's view of a Dagster run (launch time and broker asked for lazily)."""
+def _snapshot(instance: dg.DagsterInstance, store: JobStore, run_record, in_broker) -> RunSnapshot | None:
+    """The lifecycle's view of a Dagster run (broker and table line asked lazily)."""
     if run_record is None:
         return None
     run = run_record.dagster_run
-    launched = None
-    if run.status == dg.DagsterRunStatus.STARTING:
-        events_ = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_STARTING)
-        launched = max((event.timestamp for event in events_), default=None)
     return RunSnapshot(
         run_id=run.run_id,
         state=RunState(run.status.value),
-        launched_at=launched,
+        # A QUEUED or STARTING run's row last changed when it took that status.
+        launched_at=run_record.update_timestamp.timestamp(),
         started_at=run_record.start_time,
         ended_at=run_record.end_time,
         in_broker=None if in_broker is None else (lambda: bool(in_broker(run))),
+        in_line=lambda: admission.waiting(store, run.run_id),
     )
+
+
+def _release_ended_holders(instance: dg.DagsterInstance, store: JobStore) -> list[Action]:
+    """A table held by a run that has ended (its worker was killed, say) goes to the next in line."""
+    actions = []
+    for claim in store.claims():
+        if not claim.holding:
+            continue
+        run = instance.get_run_by_id(claim.run_id)
+        if run is None or run.is_finished:
+            hand_on(instance, store, claim.run_id)
+            actions.append(
+                Action(claim.job_id, "released", f"table {claim.target}: run {claim.run_id} ended")
+            )
+    return actions
 
 
 def _repair(
@@ -110,9 +126,15 @@ def _repair(
         run_submitter(instance).submit_created(run)
         store.record_event(record.id, "recovered", reason=detail)
         return Action(record.id, "submitted", detail)
+    if verdict == Verdict.RESEND and run is not None:
+        store.record_event(record.id, "recovered", reason=detail)
+        start(instance, run)
+        return Action(record.id, "resent", detail)
     if run is not None and not run.is_finished:
         # Failed first: a task that turns up after all finds its run finished and does nothing.
         instance.report_run_failed(run, message=RECOVERY_PREFIX + detail)
+    if run is not None:
+        hand_on(instance, store, run.run_id)  # its table, if it held one, goes to the next in line
     if verdict == Verdict.FAIL_ATTEMPT:
         after = run_failed(store, store.require(record.id), f"WorkerLost: {detail}", settings)
         return Action(record.id, "recovered", f"{detail}; now {after.status.value}")

@@ -39,22 +39,15 @@ def table_key(target: str, dialect: str) -> str:
 
 def enter(store: JobStore, run_id: str, job_id: str, target: str, priority: int) -> str | None:
     """A run on `target` (a table_key) was submitted: the run that may start now, which the
-    caller starts (this one if the table was free, else None: it waits in line).
+    caller starts (this one if the table was free), or None: it waits in line.
 
-    Two runs submitted for one table at the same instant: exactly one of them starts. A run found
-    first in line with nobody holding the table (whoever should have handed it on died) is
-    returned instead, and this one waits behind it.
+    Exactly one process starts each run: the one whose promotion made it the holder. So of two
+    runs submitted for one table at the same instant exactly one starts, once. A run found first
+    in line with nobody holding the table (whoever should have handed it on died) is returned
+    instead, and this one waits behind it.
     """
     store.join_line(run_id, job_id, target, priority)
-    promoted = store.promote(target)
-    if promoted is None and _holds(store, run_id):
-        return run_id  # submitted again while it holds the table
-    return promoted
-
-
-def _holds(store: JobStore, run_id: str) -> bool:
-    claim = store.claim(run_id)
-    return claim is not None and claim.holding
+    return store.promote(target)
 
 
 def release(store: JobStore, run_id: str) -> str | None:

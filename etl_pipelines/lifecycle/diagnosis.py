@@ -8,6 +8,8 @@ broker when it matters); `diagnose()` reads it beside the job record, as a table
 | waiting_retry | -                                                 | none: due_retries starts it     |
 | queued        | none                                              | submit: create it               |
 | queued        | NOT_STARTED (created, never submitted)            | submit                          |
+| queued        | QUEUED past the grace, not in its table's line,   | resend its task: no attempt     |
+|               | task not in the broker                            | charged, no new run             |
 | queued        | STARTING past the grace, task not in the broker   | requeue: no attempt charged     |
 | queued        | STARTED past the grace, the op never began        | requeue: no attempt charged     |
 | queued        | FAILURE past the grace, no failure recorded       | fail_attempt                    |
@@ -44,12 +46,15 @@ class RunSnapshot:
 
     run_id: str
     state: RunState
-    launched_at: float | None = None  # its latest RUN_STARTING event
+    launched_at: float | None = None  # when it became QUEUED or STARTING (its status's time)
     started_at: float | None = None
     ended_at: float | None = None
     # Asked only when it matters (a Redis round trip): is its task still in the broker or held by
     # a worker? None: the launcher has no broker to ask.
     in_broker: Callable[[], bool] | None = None
+    # Is it waiting in its target table's line (lifecycle.admission), so not in the broker by
+    # design? Asked only when the broker has no task for it. None: never in a line.
+    in_line: Callable[[], bool] | None = None
 
 
 # A started attempt whose heartbeat is this many beats old has lost its process.
@@ -74,6 +79,7 @@ def run_alive(record: JobRecord | None, run_id: str, *, now: datetime, heartbeat
 
 class Verdict(enum.StrEnum):
     SUBMIT = "submit"  # the run was never created or never submitted: do it now
+    RESEND = "resend"  # the run waits for a worker but the broker lost its task: send it again
     REQUEUE = "requeue"  # the run's work is lost before the op began: a new run, no attempt charged
     FAIL_ATTEMPT = "fail_attempt"  # the attempt is lost: counted as failed, retried per its schedule
 
@@ -105,6 +111,14 @@ def diagnose(
             return Finding(Verdict.SUBMIT, "its run was never created")
         if run.state == RunState.NOT_STARTED:
             return Finding(Verdict.SUBMIT, f"run {run.run_id} was created but never queued")
+        if (
+            run.state == RunState.QUEUED
+            and older(run.launched_at, grace)
+            and run.in_broker is not None
+            and not run.in_broker()
+            and not (run.in_line is not None and run.in_line())
+        ):
+            return Finding(Verdict.RESEND, f"run {run.run_id} waits for a worker but its task is gone")
         if (
             run.state == RunState.STARTING
             and older(run.launched_at, grace)

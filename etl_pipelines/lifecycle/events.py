@@ -61,6 +61,8 @@ TRANSITIONS: dict[str, Transition] = {
         # The job's run ended outside its op: launch error, crash, time limit, lost worker.
         _row("run_failed", {QUEUED, STARTED}, None, on_run=True),
         _row("cancelled", {QUEUED, STARTED}, CANCELLED, on_run=True),
+        # An operator cancels a job waiting for its retry (it has no run to cancel), as seen.
+        _row("retry_cancelled", {WAITING_RETRY}, CANCELLED, on_run=False),
         # Admission of a run: refused before it ran, or another run of the job (a retry's run, a
         # UI re-execution), never while an attempt runs and, for a re-execution, only from the
         # run it re-executes (so of two re-executions of one run only the first takes the job).
@@ -340,13 +342,29 @@ def run_failure_applies(record: JobRecord | None, run_id: str, ended_at: float |
     return not (record.status == QUEUED and ended_at and queued_at and queued_at.timestamp() > ended_at)
 
 
-def cancelled(store: JobStore, job_id: str, run_id: str, *, reason: str | None = None) -> JobRecord:
+def cancelled(
+    store: JobStore, job_id: str, run_id: str, *, reason: str | None = None, actor: str = SYSTEM_ACTOR
+) -> JobRecord:
     """The job's run `run_id` was cancelled before it ended."""
     return _apply(
         store,
         "cancelled",
         job_id,
         run_id=run_id,
+        actor=actor,
+        reason=reason,
+    )
+
+
+def retry_cancelled(store: JobStore, seen: JobRecord, *, actor: str, reason: str | None) -> JobRecord:
+    """An operator cancels a job waiting for its retry, as they saw it: JobStateError if its retry
+    was claimed (or anything else changed) since, so a retry being queued is never half-cancelled."""
+    return _apply(
+        store,
+        "retry_cancelled",
+        seen.id,
+        unchanged_since=seen.updated_at,
+        actor=actor,
         reason=reason,
     )
 

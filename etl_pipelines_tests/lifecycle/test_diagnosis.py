@@ -23,7 +23,9 @@ def record(status: JobStatus, changed_ago: float = 120, beat_ago: float | None =
     )
 
 
-def run(state: RunState, ago: float = 120, in_broker: bool | None = None) -> RunSnapshot:
+def run(
+    state: RunState, ago: float = 120, in_broker: bool | None = None, in_line: bool = False
+) -> RunSnapshot:
     at = (NOW - timedelta(seconds=ago)).timestamp()
 
     def broker() -> bool:
@@ -36,6 +38,7 @@ def run(state: RunState, ago: float = 120, in_broker: bool | None = None) -> Run
         started_at=at,
         ended_at=at,
         in_broker=None if in_broker is None else broker,
+        in_line=lambda: in_line,
     )
 
 
@@ -56,8 +59,13 @@ def verdict(job: JobRecord, snapshot: RunSnapshot | None) -> Verdict | None:
         (record(JobStatus.QUEUED), run(RunState.NOT_STARTED), Verdict.SUBMIT),
         # ... but not within the grace: it may be mid-hand-over.
         (record(JobStatus.QUEUED, changed_ago=5), None, None),
-        # queued in Dagster's run queue: fine, however long.
-        (record(JobStatus.QUEUED), run(RunState.QUEUED, ago=3600), None),
+        # waiting for a worker (QUEUED, its task in the broker) or for its table: fine, however long.
+        (record(JobStatus.QUEUED), run(RunState.QUEUED, ago=3600, in_broker=True), None),
+        (record(JobStatus.QUEUED), run(RunState.QUEUED, ago=3600, in_broker=False, in_line=True), None),
+        # ... but a task the broker lost is sent again (the same run, no attempt charged).
+        (record(JobStatus.QUEUED), run(RunState.QUEUED, in_broker=False), Verdict.RESEND),
+        (record(JobStatus.QUEUED), run(RunState.QUEUED, ago=5, in_broker=False), None),
+        (record(JobStatus.QUEUED), run(RunState.QUEUED), None),  # no broker to ask: never a guess
         # sent to Celery: lost only if the broker has no task for it.
         (record(JobStatus.QUEUED), run(RunState.STARTING, in_broker=False), Verdict.REQUEUE),
         (record(JobStatus.QUEUED), run(RunState.STARTING, in_broker=True), None),
@@ -87,7 +95,7 @@ def test_the_broker_is_asked_only_when_it_decides() -> None:
         return True
 
     at = (NOW - timedelta(seconds=120)).timestamp()
-    for state in (RunState.QUEUED, RunState.STARTED, RunState.FAILURE):
+    for state in (RunState.STARTED, RunState.FAILURE):
         diagnose(
             record(JobStatus.QUEUED),
             RunSnapshot("r1", state, launched_at=at, started_at=at, ended_at=at, in_broker=in_broker),
@@ -96,14 +104,15 @@ def test_the_broker_is_asked_only_when_it_decides() -> None:
             heartbeat_seconds=HEARTBEAT_SECONDS,
         )
     assert asked == []
-    diagnose(
-        record(JobStatus.QUEUED),
-        RunSnapshot("r1", RunState.STARTING, launched_at=at, in_broker=in_broker),
-        now=NOW,
-        grace=GRACE,
-        heartbeat_seconds=HEARTBEAT_SECONDS,
-    )
-    assert asked == ["asked"]
+    for state in (RunState.QUEUED, RunState.STARTING):
+        diagnose(
+            record(JobStatus.QUEUED),
+            RunSnapshot("r1", state, launched_at=at, in_broker=in_broker),
+            now=NOW,
+            grace=GRACE,
+            heartbeat_seconds=HEARTBEAT_SECONDS,
+        )
+    assert asked == ["asked", "asked"]
 
 
 def test_run_states_are_dagsters() -> None:

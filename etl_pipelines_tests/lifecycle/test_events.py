@@ -48,6 +48,9 @@ EVENTS: dict[str, Callable[[JobStore], JobRecord]] = {
         s, s.require("j1"), "r1", error="E: x", traceback=None, schedule=SCHEDULE, inside_op=False
     ),
     "cancelled": lambda s: events.cancelled(s, "j1", "r1"),
+    "retry_cancelled": lambda s: events.retry_cancelled(
+        s, s.require("j1"), actor="carol", reason="not needed"
+    ),
     "rejected": lambda s: events.admit_run(s, _job(queue="urgent"), "r1", parent_run_id=None, queues=QUEUES),
     "run_queued": lambda s: events.run_queued(s, "j1", "r2", parent_run_id=None),
     "retry": lambda s: events.claim_due_retry(s, s.require("j1")),
@@ -369,3 +372,17 @@ def test_a_run_failure_concerns_the_job_only_while_it_is_on_that_run(store: JobS
     queued_again = put(store, "j1", JobStatus.QUEUED, queued_at=datetime.now(UTC) + timedelta(seconds=1))
     assert not events.run_failure_applies(queued_again, "r1", ended)  # a retry claimed after it ended
     assert not events.run_failure_applies(put(store, "j1", JobStatus.WAITING_RETRY), "r1", ended)
+
+
+def test_a_retry_claimed_after_the_operator_looked_is_not_cancelled(store: JobStore) -> None:
+    """`etl-jobs cancel` of a waiting_retry job races the due retry's claim: whichever writes first
+    wins; the job never ends up cancelled with its retry run queued."""
+    new(store, run_id="r1")
+    events.started(store, "j1", "r1")
+    seen = events.attempt_failed(
+        store, store.require("j1"), "r1", error="E: x", traceback=None, schedule=SCHEDULE
+    )
+    events.claim_due_retry(store, seen)
+    with pytest.raises(JobStateError):
+        events.retry_cancelled(store, seen, actor="carol", reason=None)
+    assert store.require("j1").status == JobStatus.QUEUED

@@ -23,6 +23,7 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[JobStore]:
         with store.engine.begin() as connection:
             connection.execute(sa.text("DELETE FROM etl_jobs"))
             connection.execute(sa.text("DELETE FROM etl_job_events"))
+            connection.execute(sa.text("DELETE FROM etl_table_claims"))
         yield store
 
 
@@ -124,3 +125,26 @@ def test_claim_is_taken_once(store: JobStore) -> None:
     assert outcomes.count("won") == 1, outcomes
     assert [e.action for e in store.history("c1")].count("retry") == 1
     assert store.due_retries(datetime.now(UTC) + timedelta(seconds=61)) == []
+
+
+def test_two_runs_submitted_for_one_table_at_once_start_one(store: JobStore) -> None:
+    """Submissions racing for one table (dispatch, GraphQL, a hand-over): exactly one holds it,
+    on SQLite and on PostgreSQL (the partial unique index refuses a second holder)."""
+    from etl_pipelines.lifecycle import admission
+
+    for round_ in range(5):
+        target = f"public.t{round_}"
+        barrier = threading.Barrier(4)
+
+        def enter(number: int, target: str = target, barrier: threading.Barrier = barrier) -> str | None:
+            barrier.wait()
+            while True:
+                try:
+                    return admission.enter(store, f"{target}-r{number}", f"j{number}", target, priority=0)
+                except sa.exc.OperationalError as exc:  # SQLite: "database is locked"; try again
+                    assert "locked" in str(exc)
+
+        with ThreadPoolExecutor(4) as pool:
+            started = [run for run in pool.map(enter, range(4)) if run is not None]
+        assert len(started) == 1, started
+        assert [c.run_id for c in store.claims(target) if c.holding] == started
