@@ -2,17 +2,18 @@
 
 Not the production architecture: the code location bench/celery_executor_defs.py (the project's
 own `build_job(Fibonacci)` and resources, executor `dagster_celery.celery_executor` on Redis); the
-commit's dagster.yaml without `run_launcher`, so Dagster's DefaultRunLauncher: dagster-daemon asks
-its gRPC code server, which spawns a run-worker process per run; the run worker sends the step to
-Celery queue `dagster` and polls for its result every second. W workers `celery -A
-dagster_celery.app worker -Q dagster --concurrency C --prefetch-multiplier=1` execute the steps.
-Dispatch is the product's `Fibonacci.dispatch` pointed at the bench code location. Backlog first,
-configurations WxC[mM] and CPU sampling as in throughput.py; the daemon group's CPU is also split
-per process kind: run workers (the code servers' reaped children, or the largest CPU seen of the
+commit's dagster.yaml with Dagster's QueuedRunCoordinator (max_concurrent_runs M, default W x C)
+and without `run_launcher`, so Dagster's DefaultRunLauncher: dagster-daemon asks its gRPC code
+server, which spawns a run-worker process per run; the run worker sends the step to Celery queue
+`dagster` and polls for its result every second. W workers `celery -A dagster_celery.app worker
+-Q dagster --concurrency C --prefetch-multiplier=1` execute the steps. Dispatch is the product's
+`Fibonacci.dispatch` pointed at the bench code location. Configurations WxC[mM], warm-up, dispatch
+during the run and CPU sampling as in throughput.py; the daemon group's CPU is also split per
+process kind: run workers (the code servers' reaped children, or the largest CPU seen of the
 run-worker pids), code servers, the daemon process.
 
 examples:
-  .venv/bin/python bench/celery_executor.py                              # N = 100; 1x2m4, 2x2m4
+  .venv/bin/python bench/celery_executor.py                              # N = 20; 1x2m4, 2x2m4
   .venv/bin/python bench/celery_executor.py --count 20 --configs 1x2m4 --out /tmp/ce
 """
 
@@ -22,21 +23,12 @@ import harness
 from harness import BENCH, BIN, Config
 
 PACKAGES = ("dagster", "dagster-celery", "celery", "kombu")
-DISPATCH = {"definitions": "celery_executor_defs", "cwd": BENCH}  # the runs' origin: the bench location
-MARKS = [*harness.RUN_MARKS, ("PROCESS", "ENGINE_EVENT", "Started process for run")]
-MARKS += [
-    ("SUBMITTED", "ENGINE_EVENT", "Submitting celery task"),
-    ("IN_WORKER", "ENGINE_EVENT", "in celery worker"),
-]
-PHASES = harness.chain("RUN_STARTING", "daemon launch, run worker up", "PROCESS", "run worker", "RUN_START")
-PHASES += harness.chain("RUN_START", "step sent to Celery", "SUBMITTED", "Celery pickup", "IN_WORKER")
-PHASES += harness.chain("IN_WORKER", "set-up in the Celery worker", "STEP_START", "op", "STEP_SUCCESS")
-PHASES += harness.chain("STEP_SUCCESS", "run worker notices the result (1 s poll), teardown", "RUN_SUCCESS")
-PHASES += [("**whole run: RUN_STARTING → RUN_SUCCESS**", "RUN_STARTING", "RUN_SUCCESS")]
+JOB, PARAMS, SEQUENTIAL = "fibonacci", {"n": harness.FIB_N}, False
+DISPATCH = {"definitions": "celery_executor_defs", "cwd": str(BENCH)}  # the runs' origin: the bench location
 
 
 def arguments(parser):
-    harness.stack_arguments(parser, count=100, configs="1x2m4,2x2m4", timeout=1200.0)
+    harness.stack_arguments(parser, count=20, configs="1x2m4,2x2m4", timeout=1200.0)
 
 
 def celery_config_source(prefix: str) -> dict:
@@ -54,14 +46,21 @@ def environment(redis_prefix: str, config: Config | None) -> dict:
 
 
 def files(code: harness.Code, config: Config, redis_prefix: str) -> dict:
-    def without_launcher(instance: dict) -> None:  # Dagster's DefaultRunLauncher
+    def queued_default_launcher(instance: dict) -> None:
+        # Dagster's own QueuedRunCoordinator and DefaultRunLauncher, at any commit: from 1a55b51
+        # EtlRunCoordinator hands runs to EtlCeleryRunLauncher only. dispatch() still writes the
+        # job record and the op keeps it current.
         instance.pop("run_launcher", None)
-        config.apply(instance)
+        instance["run_coordinator"] = {
+            "module": "dagster._core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+            "config": {"max_concurrent_runs": config.max_runs or config.slots},
+        }
 
     settings = {"broker_url": harness.REDIS_URL, "result_backend": harness.REDIS_URL}
     settings |= celery_config_source(redis_prefix)
     return {
-        "dagster.yaml": harness.instance_yaml(code, without_launcher),
+        "dagster.yaml": harness.instance_yaml(code, queued_default_launcher),
         "workspace.yaml": harness.workspace_yaml("celery_executor_defs", BENCH),
         # What `dagster-celery worker start -y` writes; the home is on the workers' PYTHONPATH.
         "dagster_celery_config.py": "".join(f"{key} = {value!r}\n" for key, value in settings.items()),
@@ -110,22 +109,17 @@ def run(args) -> dict:
 
 def report(result: dict) -> str:
     rows = [
-        (
-            "**CPU per job, all groups (ms)**",
-            lambda r: f"**{r['worker_cpu_ms_per_job'] + r['daemon_cpu_ms_per_job']:.0f}**",
-        ),
-        ("Celery worker CPU per job (ms)", lambda r: r["worker_cpu_ms_per_job"]),
+        ("**sustained throughput (jobs/s)**", lambda r: f"**{r['throughput_jobs_s']:.3g}**"),
+        *harness.CPU_ROWS,
         ("run-worker process per run (ms)", lambda r: r["run_worker_cpu_ms_per_job"]),
         (
             "code servers / dagster-daemon process per job (ms)",
             lambda r: "{code_server_cpu_ms_per_job:.0f} / {daemon_process_cpu_ms_per_job:.0f}".format(**r),
         ),
         ("run-worker processes seen", lambda r: r["run_worker_processes"]),
-        ("machine busy (cores)", lambda r: f"{r['machine_busy_cores']:.2f}"),
         ("Celery worker RSS / PSS, each (MB)", harness.worker_memory),
-        ("daemon group peak RSS (MB)", lambda r: r["memory"]["daemon"]["peak_rss_mb"]),
     ]
-    return harness.stack_report("celery_executor mode", result, rows)
+    return harness.stack_report(f"celery_executor mode ({result['count']} jobs)", result, rows)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Dispatch latency: how long `Fibonacci.dispatch(n=10)` takes to return, per storage backend.
 
-The job-record insert plus the Dagster run's creation and submission to EtlRunCoordinator; no
-daemon runs. `postgres`: a fresh database and the commit's dagster.yaml; `sqlite`: the embedded
-default (a fresh DAGSTER_HOME, etl_pipelines/embedded_dagster.yaml). After a throw-away process
+The job-record insert plus the Dagster run's creation and submission to EtlRunCoordinator (from
+1a55b51 that includes admitting the run and sending its Celery task to Redis); no daemon and no
+worker runs (the tasks wait in Redis, under a key prefix of their own, deleted afterwards).
+`postgres`: a fresh database and the commit's dagster.yaml; `sqlite`: the embedded default (a
+fresh DAGSTER_HOME, etl_pipelines/embedded_dagster.yaml; at def7d75 it still carries the old
+coordinator keys, which EtlRunCoordinator refuses). After a throw-away process
 creates the schema, the measured one imports the job, makes the cold first dispatch, then N timed
 one by one (wall, CPU), then N job-record inserts alone (`JobStore.create`, as dispatch() does).
 
@@ -56,17 +59,19 @@ def measure(count: int, profile_out: str | None = None) -> dict:
 
 
 def run(args) -> dict:
-    results = []
+    results, prefix = [], f"bench-dl-{uuid.uuid4().hex[:8]}:"
     with harness.code_snapshot(args.code) as code:
         for config in [args.only] if args.only else CONFIGS:
             with contextlib.ExitStack() as stack:
+                stack.callback(harness.delete_redis_keys, prefix)
                 env = harness.clean_env(PYTHONPATH=code.pythonpath())
+                env |= {"ETL_REDIS_URL": harness.REDIS_URL, "ETL_REDIS_KEY_PREFIX": prefix}
                 if config == "sqlite":
                     instance = (code.root / "etl_pipelines" / "embedded_dagster.yaml").read_text()
                 else:
                     name = f"etl_bench_dl_{uuid.uuid4().hex[:8]}"
                     env["ETL_DATABASE_URL"] = stack.enter_context(harness.database(name))
-                    instance = (code.root / "dagster.yaml").read_text()
+                    instance = harness.instance_yaml(code, redis_prefix=prefix)
                 home = stack.enter_context(harness.home("etl_bench_dl_", {"dagster.yaml": instance}))
                 env["DAGSTER_HOME"] = str(home)
                 harness.child(env, code.root, "harness", "setup_schema")

@@ -1,12 +1,15 @@
 """The benchmark harness: what the scenarios in bench/ share (see bench/README.md).
 
-Code snapshots (`git archive` of one commit, first on every measured process's PYTHONPATH), child
-processes returning JSON, deployments (databases `etl_bench_*`, temporary homes, Redis keys under a
-prefix, a backlog of queued jobs), the stack of one configuration `WxC[mM][iS][t[K]]` (workers and
-dagster-daemon in process groups, `etl_pipelines.stack.ProcessGroup`/`stop_groups`, sampled from
-/proc), statistics, markdown tables, the environment, and `main(module)`: every scenario script's
-entry point. Only the standard library is imported at module level: the RQ scenario's child runs
-this file with an interpreter that has neither etl_pipelines nor SQLAlchemy.
+Servers of the bench's own (a PostgreSQL cluster with pg_stat_statements and a redis-server, in
+their own process groups, so their CPU and counters are the bench's alone), code snapshots (`git
+archive` of one commit, first on every measured process's PYTHONPATH), child processes returning
+JSON, deployments (databases `etl_bench_*`, temporary homes, Redis keys under a prefix), the stack
+of one configuration `WxC[mM][iS][t[K]][n]` (workers, dagster-daemon and a dispatching process in
+process groups, `etl_pipelines.stack.ProcessGroup`/`stop_groups`, sampled from /proc with the
+servers), server counters, statistics, markdown tables, the environment, and `main(module)`: every
+scenario script's entry point. Only the standard library (and psycopg2, for the counters) is
+imported at module level: the RQ scenario's child runs this file with an interpreter that has
+neither etl_pipelines nor SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import json
 import os
 import platform
 import pstats
+import pwd
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -31,27 +36,35 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
-from subprocess import PIPE
+from subprocess import DEVNULL, PIPE
 from typing import Any, NamedTuple
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 BIN = Path(sys.executable).parent
+# Given servers (the bench then starts none of its own and cannot attribute their CPU).
 PG_ADMIN_URL = os.environ.get("ETL_BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1/postgres")
 REDIS_URL = os.environ.get("ETL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
-FIB_N = 10  # every scenario's job: Fibonacci(n=10), CPU-trivial
+SERVER_PIDS: dict[str, int] = json.loads(os.environ.get("ETL_BENCH_SERVER_PIDS", "{}"))  # name -> pid
+FIB_N = 10  # every scenario's trivial job: Fibonacci(n=10)
 CLK_TCK, PAGE_SIZE = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
 NAN = float("nan")
 FINAL = ("completed", "failed", "cancelled")
-# Dagster's run events (stored under their legacy PIPELINE_* names): (mark, event type, text in it)
-RUN_MARKS = [("RUN_STARTING", "PIPELINE_STARTING", None), ("RUN_START", "PIPELINE_START", None)]
+# Dagster's run events (stored under their legacy PIPELINE_* names), in the order a run meets them:
+# (mark, event type, text in it). SENT exists only in the old design (the daemon's launch).
+RUN_MARKS = [("ENQUEUED", "PIPELINE_ENQUEUED", None), ("STARTING", "PIPELINE_STARTING", None)]
+RUN_MARKS += [("SENT", "ENGINE_EVENT", "Sent to Celery"), ("START", "PIPELINE_START", None)]
 RUN_MARKS += [("STEP_START", "STEP_START", None), ("STEP_SUCCESS", "STEP_SUCCESS", None)]
-RUN_MARKS += [("RUN_SUCCESS", "PIPELINE_SUCCESS", None)]
+RUN_MARKS += [("SUCCESS", "PIPELINE_SUCCESS", None)]
+# The shared server's settings that differ from PostgreSQL's defaults, for the private cluster.
+PG_SETTINGS = {"autovacuum": "off", "shared_buffers": "128MB", "max_connections": "300", "TimeZone": "UTC"}
+PG_SETTINGS |= {"shared_preload_libraries": "pg_stat_statements", "listen_addresses": "127.0.0.1"}
 
 
 def say(message: str) -> None:
@@ -119,6 +132,15 @@ class Code(NamedTuple):
     def pythonpath(self, *extra: Path) -> str:
         return ":".join(str(p) for p in (self.root, *extra))
 
+    @property
+    def queued_design(self) -> bool:
+        """The old design: a QueuedRunCoordinator with max_concurrent_runs and a daemon dequeue
+        tick (up to 961a9de). From 1a55b51 EtlRunCoordinator admits at submission, no config keys."""
+        import yaml
+
+        coordinator = yaml.safe_load((self.root / "dagster.yaml").read_text())["run_coordinator"]
+        return "max_concurrent_runs" in (coordinator.get("config") or {})
+
 
 @contextlib.contextmanager
 def code_snapshot(ref: str) -> Iterator[Code]:
@@ -148,9 +170,13 @@ def code_snapshot(ref: str) -> Iterator[Code]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def child_argv(module: str, function: str, python: str = "", **kw: Any) -> list[str]:
+    return [python or sys.executable, str(BENCH / "harness.py"), "--child", module, function, json.dumps(kw)]
+
+
 def child(env: dict[str, str], cwd: Path, module: str, function: str, python: str = "", **kw) -> dict:
     """`module.function(**kw)` of bench/ in a new process group with `env`; its JSON result."""
-    argv = [python or sys.executable, str(BENCH / "harness.py"), "--child", module, function, json.dumps(kw)]
+    argv = child_argv(module, function, python, **kw)
     process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=PIPE, stderr=PIPE, start_new_session=True)
     try:
         out, err = (stream.decode(errors="replace") for stream in process.communicate())
@@ -170,6 +196,171 @@ def child_main(module: str, function: str, kwargs: str) -> None:
     if package := sys.modules.get("etl_pipelines"):
         result["etl_pipelines_imported_from"] = str(Path(package.__file__).parent)
     print(json.dumps(result), file=real_stdout, flush=True)
+
+
+# --- the bench's own servers ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def servers() -> Iterator[dict[str, int]]:
+    """A PostgreSQL cluster (the shared server's settings, pg_stat_statements loaded) and a
+    redis-server of the bench's own, each in its own session, for the whole invocation: their CPU
+    (PostgreSQL: the postmaster with its backends and what it reaped) and counters are the bench's
+    alone. PG_ADMIN_URL, REDIS_URL and SERVER_PIDS point at them (children inherit them through the
+    ETL_BENCH_* variables). With ETL_BENCH_PG_ADMIN_URL set, the given servers are used instead.
+    """
+    global PG_ADMIN_URL, REDIS_URL, SERVER_PIDS
+    if SERVER_PIDS or "ETL_BENCH_PG_ADMIN_URL" in os.environ:
+        yield SERVER_PIDS
+        return
+    root = Path(tempfile.mkdtemp(prefix="etl_bench_servers_"))
+    processes: list[subprocess.Popen] = []
+    saved = {
+        k: os.environ.get(k)
+        for k in ("ETL_BENCH_PG_ADMIN_URL", "ETL_BENCH_REDIS_URL", "ETL_BENCH_SERVER_PIDS")
+    }
+    try:
+        owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None  # postgres refuses root
+        as_owner = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []} if owner else {}
+        root.chmod(0o755)  # mkdtemp's 0700 would keep the postgres user out
+        data = root / "pg"
+        data.mkdir(mode=0o700)
+        if owner:
+            os.chown(data, owner.pw_uid, owner.pw_gid)
+        pg_bin = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+        initdb = [str(pg_bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]
+        subprocess.run([*initdb, "--no-sync"], check=True, stdout=DEVNULL, cwd=root, **as_owner)
+        pg_port, redis_port = free_port(), free_port()
+        options = [f"-c{k}={v}" for k, v in PG_SETTINGS.items()]
+        argv = [str(pg_bin / "postgres"), "-D", str(data), "-p", str(pg_port), "-k", str(data), *options]
+        with (root / "postgres.log").open("wb") as log:
+            processes.append(
+                subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True, **as_owner)
+            )
+        argv = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(root)]
+        processes.append(subprocess.Popen(argv, stdout=DEVNULL, stderr=DEVNULL, start_new_session=True))
+        PG_ADMIN_URL = f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}/postgres"
+        REDIS_URL = f"redis://127.0.0.1:{redis_port}/0"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with pg(PG_ADMIN_URL) as cursor:
+                    cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                import redis
+
+                redis.Redis.from_url(REDIS_URL).ping()
+                break
+            except Exception:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                    raise RuntimeError(f"private servers did not start; see {root}/postgres.log") from None
+                time.sleep(0.2)
+        SERVER_PIDS = {"postgres": processes[0].pid, "redis": processes[1].pid}
+        os.environ |= {"ETL_BENCH_PG_ADMIN_URL": PG_ADMIN_URL, "ETL_BENCH_REDIS_URL": REDIS_URL}
+        os.environ["ETL_BENCH_SERVER_PIDS"] = json.dumps(SERVER_PIDS)
+        say(f"private PostgreSQL on :{pg_port} (pid {processes[0].pid}), Redis on :{redis_port}")
+        yield SERVER_PIDS
+    finally:
+        for process, sig in zip(processes, (signal.SIGINT, signal.SIGTERM), strict=False):  # fast shutdown
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        SERVER_PIDS = {}
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pg(url: str) -> Iterator[Any]:
+    """An autocommit psycopg2 cursor on `url` (a SQLAlchemy or libpq URL)."""
+    import psycopg2
+
+    connection = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"))
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            yield cursor
+    finally:
+        connection.close()
+
+
+DB_COUNTERS = ("xact_commit", "xact_rollback", "sessions", "tup_inserted", "tup_updated", "tup_deleted")
+
+
+def counters(database: str, reset_statements: bool = False) -> dict[str, Any]:
+    """pg_stat_database counters of `database`, its pg_stat_statements (then reset, if asked: the
+    view is global, the bench's own cluster serves nobody else), Redis INFO commandstats."""
+    import redis
+
+    out: dict[str, Any] = {"t": time.time()}
+    with pg(PG_ADMIN_URL) as cursor:
+        columns = ", ".join(DB_COUNTERS)  # constants
+        cursor.execute(f"SELECT {columns} FROM pg_stat_database WHERE datname = %s", [database])  # noqa: S608
+        out["pg"] = dict(zip(DB_COUNTERS, cursor.fetchone(), strict=True))
+        try:
+            cursor.execute(
+                "SELECT query, calls, total_exec_time FROM pg_stat_statements s JOIN pg_database d"
+                " ON d.oid = s.dbid WHERE d.datname = %s",
+                [database],
+            )
+            out["statements"] = [list(row) for row in cursor.fetchall()]
+            if reset_statements:
+                cursor.execute("SELECT pg_stat_statements_reset()")
+        except Exception:  # not loaded on given servers
+            out["statements"] = None
+    client = redis.Redis.from_url(REDIS_URL)
+    out["redis"] = {
+        k.removeprefix("cmdstat_"): [v["calls"], v["usec"]] for k, v in client.info("commandstats").items()
+    }
+    client.close()
+    return out
+
+
+def counter_delta(before: dict, after: dict, jobs: int) -> dict[str, Any]:
+    """Per job: transactions, sessions, rows; SQL statements (all, and the top ones); Redis commands."""
+    pg_delta = {k: (after["pg"][k] - before["pg"][k]) / jobs for k in DB_COUNTERS}
+    out: dict[str, Any] = {"pg_per_job": pg_delta}
+    if after["statements"] is not None:
+        # Without the bench's own polling (job_counts).
+        grouped: dict[str, list[float]] = {}
+        for query, calls, ms in after["statements"]:
+            if "GROUP BY status" not in query:
+                # NOTIFY is not normalised: one entry per payload. Grouped here.
+                key = re.sub(r"^(NOTIFY \w+), '.*'$", r"\1, '…'", query.strip())
+                grouped[key] = [x + y for x, y in zip(grouped.get(key, [0, 0.0]), (calls, ms), strict=True)]
+        rows = sorted(([q, c, t] for q, (c, t) in grouped.items()), key=lambda r: -r[1])
+        utility = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SET|SHOW|SAVEPOINT|RELEASE)\b", re.I)
+        out["statements_per_job"] = sum(r[1] for r in rows) / jobs
+        out["statements_not_utility_per_job"] = sum(r[1] for r in rows if not utility.match(r[0])) / jobs
+        out["statement_ms_per_job"] = sum(r[2] for r in rows) / jobs
+        out["top_statements"] = [
+            [" ".join(q.split())[:160], c / jobs, t / c if c else 0] for q, c, t in rows[:25]
+        ]
+    calls = {k: v[0] - before["redis"].get(k, [0, 0])[0] for k, v in after["redis"].items()}
+    usec = {k: v[1] - before["redis"].get(k, [0, 0])[1] for k, v in after["redis"].items()}
+    calls.pop("info", None)  # the bench's own INFO
+    out["redis_commands_per_job"] = sum(calls.values()) / jobs
+    out["redis_top"] = [
+        [k, c / jobs, usec[k] / c if c else 0] for k, c in Counter(calls).most_common(12) if c
+    ]
+    return out
+
+
+# --- deployments ---------------------------------------------------------------------------------
 
 
 def setup_schema() -> dict:
@@ -219,20 +410,65 @@ def dispatch_jobs(count: int, definitions: str | None = None, profile_out: str |
     return result
 
 
+def drive(
+    job: str,
+    params: dict,
+    count: int,
+    warmup: int,
+    sequential: bool,
+    result: str,
+    ready: str,
+    go: str,
+    definitions: str | None = None,
+    gap: float = 0.2,
+) -> dict:
+    """Child: the dispatching process of a stack run (what an application calling dispatch() is).
+
+    Imports, dispatches `warmup` jobs at once and waits for them (every worker process and the
+    daemon warm), touches `ready`, waits for `go`; then dispatches `count` jobs, timed: all at once,
+    or (`sequential`) one at a time, each after the last ended and `gap` s more (an idle stack).
+    Writes its result to `result` and stays alive (so its CPU stays in /proc) until it is stopped.
+    """
+    from etl_pipelines.framework.registry import get_job_type
+
+    if definitions:  # the product's dispatch(), loading another code location (same names)
+        from etl_pipelines.framework import _dagster_internal
+
+        _dagster_internal.DEFINITIONS_MODULE = definitions
+    job_cls = get_job_type(job)
+    for handle in [job_cls.dispatch(**params) for _ in range(warmup)]:
+        handle.wait(timeout=600, poll=0.05)
+    Path(ready).touch()
+    while not Path(go).exists():
+        time.sleep(0.01)
+    t_start, cpu0, samples = time.time(), time.process_time(), []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        handle = job_cls.dispatch(**params)
+        samples.append(time.perf_counter() - t0)
+        if sequential:
+            handle.wait(timeout=600, poll=0.01)
+            time.sleep(gap)
+    out = {
+        "t_start": t_start,
+        "t_dispatched": time.time(),
+        "dispatch": summarise(samples, time.process_time() - cpu0),
+    }
+    Path(result).write_text(json.dumps(out))
+    time.sleep(3600)
+    return out
+
+
 @contextlib.contextmanager
 def database(name: str, template: str | None = None) -> Iterator[str]:
     """Database `name` (a copy of `template` if given); its URL. Dropped WITH (FORCE) afterwards."""
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"' + f' TEMPLATE "{template}"' * bool(template)))
+    with pg(PG_ADMIN_URL) as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"' + f' TEMPLATE "{template}"' * bool(template))
     try:
-        yield sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        with pg(PG_ADMIN_URL) as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.contextmanager
@@ -273,64 +509,84 @@ def workspace_yaml(module: str, directory: Path) -> str:
 
 
 @contextlib.contextmanager
-def backlog(tag: str, code: Code, count: int, env: dict, cwd: Path | None = None, **dispatch) -> Iterator:
-    """A template database etl_bench_<tag>_tmpl with the schema and `count` queued jobs.
-
-    Yields the template's name, the dispatch child's result and the dispatch environment.
-    """
+def schema_template(tag: str, code: Code, env: dict, cwd: Path | None = None) -> Iterator[tuple[str, dict]]:
+    """A template database etl_bench_<tag>_tmpl with the commit's schema; its name and the env."""
     name = f"etl_bench_{tag}_tmpl"
     with database(name) as url, home(f"etl_bench_{tag}_", {"dagster.yaml": instance_yaml(code)}) as path:
         env = clean_env(DAGSTER_HOME=str(path), ETL_DATABASE_URL=url, PYTHONPATH=code.pythonpath(BENCH)) | env
-        say(f"schema setup, then {count} dispatches (code {code.commit}) ...")
         child(env, cwd or code.root, "harness", "setup_schema")
-        yield name, child(env, cwd or code.root, "harness", "dispatch_jobs", count=count, **dispatch), env
+        yield name, env
 
 
 @dataclass(frozen=True)
 class Config:
-    """WxC[mM][iSECONDS][t[K]]: W workers with --concurrency C, max_concurrent_runs M (default W*C),
+    """WxC[mM][iSECONDS][t[K]][n]: W workers with --concurrency C; n: no dagster-daemon. The old
+    design's dequeue knobs (up to 961a9de only): max_concurrent_runs M (default W*C),
     dequeue_interval_seconds (default dagster.yaml's), t: dequeue_use_threads, K dequeue workers (M)."""
 
     workers: int
     concurrency: int
-    max_runs: int
+    max_runs: int | None = None
     interval: float | None = None
     threads: int = 0
+    daemon: bool = True
 
     @classmethod
     def parse_list(cls, specs: str) -> list[Config]:
         configs = []
         for spec in filter(None, specs.split(",")):
-            m = re.fullmatch(r"(\d+)x(\d+)(?:m(\d+))?(?:i(\d+(?:\.\d*)?|\.\d+))?(t(\d+)?)?", spec.strip())
+            m = re.fullmatch(r"(\d+)x(\d+)(?:m(\d+))?(?:i(\d+(?:\.\d*)?|\.\d+))?(t(\d+)?)?(n)?", spec.strip())
             if not m:
-                raise argparse.ArgumentTypeError(f"bad configuration {spec!r}: expected WxC[mM][iS][t[K]]")
-            runs = int(m[3] or int(m[1]) * int(m[2]))
+                raise argparse.ArgumentTypeError(f"bad configuration {spec!r}: expected WxC[mM][iS][t[K]][n]")
+            runs = int(m[3]) if m[3] else None
             interval = float(m[4]) if m[4] else None
-            configs.append(cls(int(m[1]), int(m[2]), runs, interval, int(m[6] or runs) * bool(m[5])))
+            threads = int(m[6] or runs or int(m[1]) * int(m[2])) * bool(m[5])
+            configs.append(cls(int(m[1]), int(m[2]), runs, interval, threads, not m[7]))
         return configs
 
     @property
-    def label(self) -> str:
+    def slots(self) -> int:
+        return self.workers * self.concurrency
+
+    def label(self, code: Code | None = None) -> str:
+        queued = code.queued_design if code else self.max_runs is not None
+        runs = f" m{self.max_runs or self.slots}" if queued else ""
         interval = "" if self.interval is None else f" i{self.interval:g}"
         threads = f" t{self.threads}" if self.threads else ""
-        return f"{self.workers}x{self.concurrency} m{self.max_runs}{interval}{threads}"
+        return f"{self.workers}x{self.concurrency}{runs}{interval}{threads}" + " no daemon" * (
+            not self.daemon
+        )
 
     @property
     def fractional(self) -> bool:
         """Dagster's dequeue_interval_seconds is IntSource: a fractional one needs bench_coordinator."""
         return self.interval is not None and self.interval != int(self.interval)
 
+    def check(self, code: Code) -> None:
+        """The old design needs dagster-daemon; the new one has no dequeue knobs."""
+        if code.queued_design and not self.daemon:
+            raise ValueError(
+                f"{self.label(code)}: {code.commit} starts runs from dagster-daemon's dequeue tick"
+            )
+        if not code.queued_design and (self.max_runs or self.interval is not None or self.threads):
+            raise ValueError(f"{self.label()}: {code.commit}'s EtlRunCoordinator has no dequeue settings")
+
     def apply(self, instance: dict) -> None:
-        """This configuration's coordinator settings, into a dagster.yaml dict."""
+        """This configuration's coordinator settings, into a dagster.yaml dict (the old design's)."""
         coordinator = instance["run_coordinator"]
-        settings = coordinator["config"]
-        settings["max_concurrent_runs"] = self.max_runs
+        settings = coordinator.get("config")
+        if not settings or "max_concurrent_runs" not in settings:
+            return  # admission at submission: nothing to set
+        settings["max_concurrent_runs"] = self.max_runs or self.slots
         if self.fractional:
             coordinator["module"], coordinator["class"] = "bench_coordinator", "BenchRunCoordinator"
         elif self.interval is not None:
             settings["dequeue_interval_seconds"] = int(self.interval)
         if self.threads:
             settings |= {"dequeue_use_threads": True, "dequeue_num_workers": self.threads}
+
+
+# --- processes and /proc -------------------------------------------------------------------------
 
 
 def start(name: str, argv: Sequence[str], env: dict[str, str], log: Path, cwd: Path) -> Any:
@@ -351,35 +607,69 @@ def start(name: str, argv: Sequence[str], env: dict[str, str], log: Path, cwd: P
     return LoggedGroup()
 
 
-def proc_stats() -> dict[int, tuple[float, float, int, int]]:
-    """pid -> (own CPU s, reaped children's CPU s, RSS bytes, process group) of every process."""
+def proc_stats() -> dict[int, tuple[float, float, int, int, int]]:
+    """pid -> (own CPU s, reaped children's CPU s, RSS bytes, process group, parent) of every process."""
     stats = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
             raw = Path(f"/proc/{pid}/stat").read_text(errors="replace")
-            f = raw[raw.rfind(")") + 2 :].split()  # f[0] is field 3: pgrp 5, utime 14 .. cstime 17, rss 24
+            f = raw[
+                raw.rfind(")") + 2 :
+            ].split()  # f[0] is field 3: ppid 4, pgrp 5, utime 14 .. cstime 17, rss 24
             cpu = [int(v) / CLK_TCK for v in f[11:15]]
-            stats[int(pid)] = (cpu[0] + cpu[1], cpu[2] + cpu[3], int(f[21]) * PAGE_SIZE, int(f[2]))
+            stats[int(pid)] = (cpu[0] + cpu[1], cpu[2] + cpu[3], int(f[21]) * PAGE_SIZE, int(f[2]), int(f[1]))
     return stats
 
 
-def group_memory(pgid: int) -> dict[str, float]:
-    """RSS and PSS (MB) and the number of processes of a process group."""
-    members = {pid: s for pid, s in proc_stats().items() if s[3] == pgid}
+def members(stats: dict, root: int) -> dict[int, tuple]:
+    """A group: the processes in `root`'s process group, and `root`'s children (PostgreSQL's backends
+    each start a session of their own)."""
+    return {pid: s for pid, s in stats.items() if s[3] == root or s[4] == root}
+
+
+def group_memory(root: int) -> dict[str, float]:
+    """RSS and PSS (MB) and the number of processes of a group."""
+    group = members(proc_stats(), root)
     pss = 0
-    for pid in members:
+    for pid in group:
         with contextlib.suppress(OSError):
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
             pss += sum(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
-    rss = sum(s[2] for s in members.values())
-    return {"rss_mb": rss / 2**20, "pss_mb": pss / 2**10, "processes": len(members)}
+    rss = sum(s[2] for s in group.values())
+    return {"rss_mb": rss / 2**20, "pss_mb": pss / 2**10, "processes": len(group)}
+
+
+def group_cpu(roots: Sequence[int]) -> float:
+    stats = proc_stats()
+    return sum(s[0] + s[1] for root in roots for s in members(stats, root).values())
+
+
+def cpu_snapshot(groups: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of each group (name -> root pid) and of the whole machine, now: two snapshots
+    give a window's CPU without a sampling thread beside a process whose latency is measured."""
+    stats, values = proc_stats(), [int(v) for v in Path("/proc/stat").read_text().split()[1:9]]
+    out = {"t": time.time(), "busy": (sum(values[:8]) - values[3] - values[4]) / CLK_TCK}
+    return out | {
+        name: sum(s[0] + s[1] for s in members(stats, root).values()) for name, root in groups.items()
+    }
+
+
+def wait_quiet(roots: Sequence[int], cores: float = 0.15, timeout: float = 30.0) -> float:
+    """Wait until the groups use under `cores` over a second (start-up work done); seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        before = group_cpu(roots)
+        time.sleep(1.0)
+        if group_cpu(roots) - before < cores:
+            break
+    return time.monotonic() - t0
 
 
 @dataclass
 class Sampler:
-    """CPU (utime+stime+cutime+cstime) and RSS of process groups every 0.25 s, per group and per pid."""
+    """CPU (utime+stime+cutime+cstime) and RSS of groups every 0.25 s, per group and per pid."""
 
-    groups: dict[str, int] = field(default_factory=dict)  # name -> pgid
+    groups: dict[str, int] = field(default_factory=dict)  # name -> root pid
     samples: list[dict[str, Any]] = field(default_factory=list)
     pids: dict[int, dict[str, Any]] = field(default_factory=dict)  # per pid: group, cmdline, CPU first/last
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -388,10 +678,10 @@ class Sampler:
     def sample(self) -> None:
         stats, values = proc_stats(), [int(v) for v in Path("/proc/stat").read_text().split()[1:9]]
         row: dict[str, Any] = {"t": time.time(), "busy": (sum(values[:8]) - values[3] - values[4]) / CLK_TCK}
-        for name, pgid in self.groups.items():
-            members = {pid: s for pid, s in stats.items() if s[3] == pgid}
-            row[name] = (sum(s[0] + s[1] for s in members.values()), sum(s[2] for s in members.values()))
-            for pid, (own, children, _, _) in members.items():
+        for name, root in list(self.groups.items()):
+            group = members(stats, root)
+            row[name] = (sum(s[0] + s[1] for s in group.values()), sum(s[2] for s in group.values()))
+            for pid, (own, children, *_) in group.items():
                 if pid not in self.pids:
                     with contextlib.suppress(OSError):
                         cmd = Path(f"/proc/{pid}/cmdline").read_text(errors="replace").replace("\0", " ")
@@ -429,82 +719,118 @@ class Sampler:
 
         return self.at(t1, get) - self.at(t0, get)
 
+    def busy(self, t0: float, t1: float) -> float:
+        return self.at(t1, lambda r: r["busy"]) - self.at(t0, lambda r: r["busy"])
+
     def peak(self, name: str) -> float:
         return max((row.get(name, (0, 0))[1] for row in self.samples), default=0) / 2**20
 
 
-def chain(*marks_and_labels: str) -> list[tuple[str, str, str]]:
-    """Phases between consecutive marks: chain("A", "x", "B") is [("x: A → B", "A", "B")]."""
-    xs = marks_and_labels
-    return [(f"{label}: {a} → {b}", a, b) for a, label, b in zip(xs[:-1:2], xs[1::2], xs[2::2], strict=True)]
-
-
-def event_phases(engine: Any, marks: Sequence[tuple], phases: Sequence[tuple]) -> dict[str, Any]:
-    """Per-run phase durations from Dagster's event_logs, and the serial launch spacing.
-
-    `marks`: (name, stored event type, text the event must contain or None), the first of each per
-    run; `phases`: (label, from mark, to mark). The launch spacing: gaps under 0.5 s between
-    consecutive RUN_STARTING events (within one dequeue iteration).
-    """
+def event_phases(engine: Any, run_ids: set[str]) -> dict[str, Any]:
+    """Per-run phase durations between consecutive RUN_MARKS that the runs have (Dagster's event_logs)."""
     import sqlalchemy as sa
 
     query = "SELECT run_id, dagster_event_type, extract(epoch FROM timestamp), event FROM event_logs "
     with engine.connect() as connection:
-        types = {"types": sorted({mark[1] for mark in marks})}
+        types = {"types": sorted({mark[1] for mark in RUN_MARKS})}
         rows = connection.execute(sa.text(query + "WHERE dagster_event_type = ANY(:types)"), types).all()
     runs: dict[str, dict[str, float]] = {}
     for run_id, kind, ts, event in rows:
-        for name, stored, text in marks:
+        for name, stored, text in RUN_MARKS if run_id in run_ids else ():
             if kind == stored and (text is None or text in event):
                 runs.setdefault(run_id, {}).setdefault(name, float(ts))
-    out = {
+    present = [m[0] for m in RUN_MARKS if any(m[0] in r for r in runs.values())]
+    phases = [(f"{a} → {b}", a, b) for a, b in pairwise(present)]
+    phases += [(f"**whole run: {present[0]} → {present[-1]}**", present[0], present[-1])] if present else []
+    return {
         label: summarise([r[b] - r[a] for r in runs.values() if {a, b} <= r.keys()]) for label, a, b in phases
     }
-    starting = sorted(r["RUN_STARTING"] for r in runs.values() if "RUN_STARTING" in r)
-    return {"phases": out, "launch_spacing": summarise([b - a for a, b in pairwise(starting) if b - a < 0.5])}
+
+
+# --- one stack run -------------------------------------------------------------------------------
 
 
 def stack_arguments(parser: argparse.ArgumentParser, count: int, configs: str, timeout: float) -> None:
-    parser.add_argument("--count", type=int, default=count, help="jobs (%(default)s)")
-    parser.add_argument("--configs", type=Config.parse_list, default=configs, help="WxC[mM][iS][t[K]], ...")
+    parser.add_argument(
+        "--count", type=int, default=count, help="measured jobs per configuration (%(default)s)"
+    )
+    parser.add_argument(
+        "--configs", type=Config.parse_list, default=configs, help="WxC[mM][iS][t[K]][n], ..."
+    )
+    parser.add_argument("--warmup", type=int, help="jobs first, unmeasured (default: 2 per worker process)")
     parser.add_argument("--timeout", type=float, default=timeout, help="s per configuration (%(default)s)")
     add_code_option(parser)
 
 
+def production_environment(redis_prefix: str, config: Config | None) -> dict:
+    env = {"ETL_REDIS_URL": REDIS_URL, "ETL_REDIS_KEY_PREFIX": redis_prefix}
+    if config and config.fractional:  # read by bench_coordinator.BenchRunCoordinator
+        env["BENCH_DEQUEUE_INTERVAL_SECONDS"] = repr(config.interval)
+    return env
+
+
+def production_files(code: Code, config: Config, redis_prefix: str) -> dict:
+    return {
+        "dagster.yaml": instance_yaml(code, config.apply, redis_prefix),
+        "workspace.yaml": workspace_yaml("etl_pipelines.definitions", code.root),
+    }
+
+
+def production_worker_argv(config: Config, number: int) -> list[str]:
+    """`etl-jobs worker` of the snapshot (`python -m etl_pipelines.cli`, the snapshot first on the path)."""
+    cli = [sys.executable, "-m", "etl_pipelines.cli", "worker"]
+    return [*cli, "--concurrency", str(config.concurrency), "-n", f"bw{number}@%h"]
+
+
 def measure_configs(mode: Any, args: argparse.Namespace) -> dict:
-    """throughput.py's and celery_executor.py's run: `args.count` jobs queued once, then each of
-    `args.configs` over a copy of them. The `mode` module says how: `environment(redis_prefix,
-    config or None)`, `files(code, config, redis_prefix)` (the home, on PYTHONPATH too),
-    `worker_argv(config, number)`, MARKS and PHASES (event_phases), DISPATCH (backlog's
-    arguments), PACKAGES, and optionally `analyse(sampler, result)`."""
+    """A stack scenario: each of `args.configs` on a fresh copy of a schema-only template.
+
+    The `mode` module says what is dispatched: JOB, PARAMS, SEQUENTIAL; optionally how the stack
+    is made (`environment`, `files`, `worker_argv`, DISPATCH: drive()'s extra arguments, PACKAGES,
+    `analyse(sampler, result)`); by default the production stack of the commit.
+    """
     tag, results = uuid.uuid4().hex[:8], []
-    env = mode.environment(f"bench-{tag}:dispatch:", None)
-    with code_snapshot(args.code) as code, backlog(tag, code, args.count, env, **mode.DISPATCH) as queued:
-        try:
-            for index, config in enumerate(args.configs):
-                result, sampler = run_stack(mode, config, code, queued[0], f"{tag}_{index}", args)
-                results.append(result | (mode.analyse(sampler, result) if hasattr(mode, "analyse") else {}))
-        finally:
-            delete_redis_keys(f"bench-{tag}:")
-    summary = {"environment": environment(mode.PACKAGES), "commit": code.commit, "count": args.count}
-    return summary | {"dispatch": queued[1], "results": results}
+    environment_of = getattr(mode, "environment", production_environment)
+    with code_snapshot(args.code) as code:
+        for config in args.configs if not hasattr(mode, "files") else ():  # the production stack
+            config.check(code)
+        env = environment_of(f"bench-{tag}:schema:", None)
+        with schema_template(tag, code, env, getattr(mode, "DISPATCH", {}).get("cwd")) as (template, _):
+            try:
+                for index, config in enumerate(args.configs):
+                    result, sampler = run_stack(mode, config, code, template, f"{tag}_{index}", args)
+                    results.append(
+                        result | (mode.analyse(sampler, result) if hasattr(mode, "analyse") else {})
+                    )
+            finally:
+                delete_redis_keys(f"bench-{tag}")
+    summary = {"environment": environment(getattr(mode, "PACKAGES", ("dagster", "celery", "sqlalchemy")))}
+    return summary | {"commit": code.commit, "count": args.count, "results": results}
 
 
 def run_stack(
     mode: Any, config: Config, code: Code, template: str, name: str, args: Any
 ) -> tuple[dict, Sampler]:
-    """Start the workers (until "ready."), then dagster-daemon; measure until all jobs are final."""
+    """Workers (until "ready."), dagster-daemon (until it beats), a dispatching process (drive())
+    with its warm-up; then, sampled: `args.count` jobs dispatched, until all are final."""
     import sqlalchemy as sa
 
     from etl_pipelines.stack import stop_groups
 
-    groups, sampler, count, prefix = [], Sampler(), args.count, f"bench-{name.replace('_', ':')}:"
+    groups, sampler, prefix = [], Sampler(), f"bench-{name.replace('_', ':')}:"
+    files = getattr(mode, "files", production_files)(code, config, prefix)
+    environment_of = getattr(mode, "environment", production_environment)
+    worker_argv = getattr(mode, "worker_argv", production_worker_argv)
+    warmup = 2 * config.slots if args.warmup is None else args.warmup
+    count = mode.count_for(config, args) if hasattr(mode, "count_for") else args.count
+    label = config.label(code)
     with contextlib.ExitStack() as cleanup:
-        url = cleanup.enter_context(database(f"etl_bench_{name}", template))
-        path = cleanup.enter_context(home(f"etl_bench_{name}_", mode.files(code, config, prefix)))
-        env = clean_env(**mode.environment(prefix, config), DAGSTER_HOME=str(path), ETL_DATABASE_URL=url)
+        db = f"etl_bench_{name}"
+        url = cleanup.enter_context(database(db, template))
+        path = cleanup.enter_context(home(f"etl_bench_{name}_", files))
+        env = clean_env(**environment_of(prefix, config), DAGSTER_HOME=str(path), ETL_DATABASE_URL=url)
         env["PYTHONPATH"] = code.pythonpath(BENCH, path)
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        engine = sa.create_engine(url, pool_size=1)  # one connection: no new sessions while measuring
         cleanup.callback(engine.dispose)
 
         def stop_all() -> None:
@@ -515,64 +841,156 @@ def run_stack(
 
         cleanup.callback(stop_all)
         for n in range(1, config.workers + 1):
-            log = path / f"worker{n}.log"
-            groups.append(start(f"worker{n}", mode.worker_argv(config, n), env, log, code.root))
-        deadline = time.monotonic() + 120
+            groups.append(
+                start(f"worker{n}", worker_argv(config, n), env, path / f"worker{n}.log", code.root)
+            )
+        deadline = time.monotonic() + 180
         for group in groups:
             while "ready." not in group.output():
                 if not group.alive() or time.monotonic() > deadline:
                     raise RuntimeError(f"{group.name} did not start:\n{group.output()[-3000:]}")
                 time.sleep(0.2)
-        say(f"[{config.label}] {len(groups)} worker(s) ready; starting dagster-daemon")
-        sampler.groups = {g.name: g.process.pid for g in groups}
+        if config.daemon:
+            argv = [str(BIN / "dagster-daemon"), "run", "-w", str(path / "workspace.yaml")]
+            groups.append(start("daemon", argv, env, path / "daemon.log", code.root))
+            wait_daemon(engine, groups[-1])
+        dispatch = getattr(mode, "DISPATCH", {})
+        files_of = {k: str(path / f"dispatcher.{k}") for k in ("result", "ready", "go")}
+        kw = {"job": mode.JOB, "params": mode.PARAMS, "count": count, "warmup": warmup}
+        kw |= {"sequential": mode.SEQUENTIAL, **files_of, **{k: v for k, v in dispatch.items() if k != "cwd"}}
+        argv = child_argv("harness", "drive", **kw)
+        groups.append(
+            dispatcher := start(
+                "dispatcher", argv, env, path / "dispatcher.log", dispatch.get("cwd", code.root)
+            )
+        )
+        ready = f"{config.workers} worker(s) ready" + ", daemon up" * config.daemon
+        say(f"[{label}] {ready}; {warmup} warm-up jobs ...")
+        while not Path(files_of["ready"]).exists():
+            if not dispatcher.alive() or any(not g.alive() for g in groups):
+                raise RuntimeError(f"a process exited during the warm-up:\n{dispatcher.output()[-3000:]}")
+            time.sleep(0.2)
+        quiet = wait_quiet([g.process.pid for g in groups])
+        sampler.groups = {g.name: g.process.pid for g in groups} | SERVER_PIDS
         sampler.start()
-        t_daemon = time.time()
-        argv = [str(BIN / "dagster-daemon"), "run", "-w", str(path / "workspace.yaml")]
-        groups.append(daemon := start("daemon", argv, env, path / "daemon.log", code.root))
-        sampler.groups["daemon"] = daemon.process.pid
+        before = counters(db, reset_statements=True)
+        event_rows0 = event_counts(engine)
+        say(f"[{label}] quiet after {quiet:.0f} s; {count} jobs{' one at a time' * mode.SEQUENTIAL} ...")
+        spies = py_spy(groups, mode.py_spy_dir(label)) if hasattr(mode, "py_spy_dir") else []
+        Path(files_of["go"]).touch()
         try:
-            last_report, timed_out = time.monotonic(), False
-            while sum(n for status, n in job_counts(engine).items() if status in FINAL) < count:
-                if not daemon.alive():
-                    raise RuntimeError(f"dagster-daemon exited:\n{daemon.output()[-3000:]}")
-                if timed_out := time.time() - t_daemon > args.timeout:
+            t_go, last_report, timed_out = time.time(), time.monotonic(), False
+            while sum(n for status, n in job_counts(engine).items() if status in FINAL) < warmup + count:
+                if dead := [g.name for g in groups if not g.alive()]:
+                    raise RuntimeError(f"{dead} exited:\n{groups[-1].output()[-3000:]}")
+                if timed_out := time.time() - t_go > args.timeout:
                     break
                 if time.monotonic() - last_report > 15:
-                    say(f"[{config.label}] {job_counts(engine)}")
+                    say(f"[{label}] {job_counts(engine)}")
                     last_report = time.monotonic()
-                time.sleep(0.5)
+                time.sleep(0.25)
             t_done = time.time()
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
+            for spy in spies:
+                spy.wait(timeout=60)
+            after_commands = counters(db)
+            time.sleep(1.5)  # backends report pg_stat_database at most once a second
+            after = counters(db)
+            after["redis"] = after_commands["redis"]
         finally:
             sampler.stop()
+        while not Path(files_of["result"]).exists() and dispatcher.alive():
+            time.sleep(0.1)
+        driven = json.loads(Path(files_of["result"]).read_text())
         memory = {g.name: group_memory(g.process.pid) | {"peak_rss_mb": sampler.peak(g.name)} for g in groups}
+        event_rows = {k: v - event_rows0.get(k, 0) for k, v in event_counts(engine).items()}
         stop_all()
+        query = "SELECT run_id, status, extract(epoch FROM created_at), extract(epoch FROM started_at), "
+        query += "extract(epoch FROM finished_at) FROM etl_jobs WHERE created_at >= to_timestamp(:t)"
         with engine.connect() as connection:
-            query = "SELECT extract(epoch FROM started_at), extract(epoch FROM finished_at) FROM etl_jobs "
-            rows = connection.execute(sa.text(query + "WHERE status = 'completed'")).all()
-        rows = [(float(a), float(b)) for a, b in rows]
-        first = min((a for a, _ in rows), default=t_daemon)
-        last = max((b for _, b in rows), default=t_done)
-        window = last - first or NAN
-        workers, done = [g.name for g in groups if g != daemon], len(rows)
-        launched = [int(n) for n in re.findall(r"Launched (\d+) runs\.", daemon.output())]
-        return {"config": config.label} | vars(config) | {
-            "count": count,
-            "completed": done,
-            "status_counts": job_counts(engine),
-            "timed_out": timed_out,
-            "wall_s": t_done - t_daemon,
-            "window_s": window,
-            "throughput_jobs_s": done / window,
-            "worker_cpu_ms_per_job": per_job(sampler.cpu(workers, first, last), done),
-            "daemon_cpu_ms_per_job": per_job(sampler.cpu(["daemon"], first, last), done),
-            "workers_cores": sampler.cpu(workers, first, last) / window,
-            "machine_busy_cores": (sampler.at(last, busy := lambda r: r["busy"]) - sampler.at(first, busy))
-            / window,
-            "memory": memory,
-            "record_started_to_finished": summarise([b - a for a, b in rows]),
-            "ticks": {"lines": len(launched), "runs": sum(launched), "max": max(launched, default=0)},
-            "events": event_phases(engine, mode.MARKS, mode.PHASES),
-        }, sampler
+            rows = connection.execute(sa.text(query), {"t": driven["t_start"] - 0.001}).all()
+        done = [(float(c), float(s), float(f)) for _, status, c, s, f in rows if status == "completed"]
+        t0, t1 = driven["t_start"], max((f for *_, f in done), default=t_done)
+        window = t1 - t0 or NAN
+        workers = [g.name for g in groups if g.name.startswith("worker")]
+        ours = [*sampler.groups]
+        cpu = {g: per_job(sampler.cpu([g], t0, t1), len(done)) for g in ours if not g.startswith("worker")}
+        cpu["workers"] = per_job(sampler.cpu(workers, t0, t1), len(done))
+        result = (
+            {"config": label, "commit": code.commit}
+            | vars(config)
+            | {
+                "count": count,
+                "warmup": warmup,
+                "completed": len(done),
+                "status_counts": {s: sum(1 for r in rows if r[1] == s) for s in {r[1] for r in rows}},
+                "timed_out": timed_out,
+                "window_s": window,
+                "throughput_jobs_s": len(done) / window,
+                "started_window_s": t1 - min((s for _, s, _ in done), default=t0),
+                "dispatch": driven["dispatch"],
+                "dispatch_s": driven["t_dispatched"] - t0,
+                "cpu_ms_per_job": cpu,
+                "total_cpu_ms_per_job": per_job(sampler.cpu(ours, t0, t1), len(done)),
+                "cores": {g: sampler.cpu([g], t0, t1) / window for g in ours},
+                "machine_busy_cores": sampler.busy(t0, t1) / window,
+                "memory": memory,
+                "created_to_started": summarise([s - c for c, s, _ in done]),
+                "started_to_finished": summarise([f - s for _, s, f in done]),
+                "created_to_finished": summarise([f - c for c, _, f in done]),
+                "event_rows_per_job": {k: v / len(done) for k, v in event_rows.items() if v} if done else {},
+                "counters": counter_delta(before, after, len(done)) if done else {},
+                "phases": event_phases(engine, {r[0] for r in rows}),
+            }
+        )
+        result["other_cores"] = result["machine_busy_cores"] - sum(result["cores"].values())
+        return result, sampler
+
+
+def py_spy(groups: Sequence[Any], directory: Path, rate: int = 100) -> list[subprocess.Popen]:
+    """py-spy (not blocking the process) on every group with its subprocesses: `<group>.txt`,
+    collapsed stacks with their sample counts (py-spy leaves out idle threads by default)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for group in groups:
+        argv = [str(BIN / "py-spy"), "record", "--pid", str(group.process.pid), "--subprocesses"]
+        argv += ["--nonblocking", "--rate", str(rate), "--format", "raw"]
+        argv += ["--output", str(directory / f"{group.name}.txt")]
+        log = (directory / f"{group.name}.py-spy.log").open("wb")
+        spies.append(subprocess.Popen(argv, stdout=log, stderr=log))
+    time.sleep(0.5)  # attached before the first dispatch
+    return spies
+
+
+def wait_daemon(engine: Any, daemon: Any, timeout: float = 90.0) -> None:
+    """Until dagster-daemon's daemons have all beaten once (their number stable for 3 s)."""
+    import sqlalchemy as sa
+
+    deadline, seen, since = time.monotonic() + timeout, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        if not daemon.alive():
+            raise RuntimeError(f"dagster-daemon exited:\n{daemon.output()[-3000:]}")
+        with contextlib.suppress(Exception), engine.connect() as connection:
+            n = connection.execute(
+                sa.text("SELECT count(DISTINCT daemon_type) FROM daemon_heartbeats")
+            ).scalar()
+            if n != seen:
+                seen, since = n, time.monotonic()
+            elif n >= 3 and time.monotonic() - since > 3:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"dagster-daemon did not beat in {timeout:g} s:\n{daemon.output()[-3000:]}")
+
+
+def event_counts(engine: Any) -> dict[str, int]:
+    import sqlalchemy as sa
+
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT coalesce(dagster_event_type, 'user log'), count(*) FROM event_logs GROUP BY 1")
+        )
+        return dict(rows.all())
 
 
 def job_counts(engine: Any) -> dict[str, int]:
@@ -581,6 +999,9 @@ def job_counts(engine: Any) -> dict[str, int]:
     with engine.connect() as connection:
         counts = connection.execute(sa.text("SELECT status, count(*) FROM etl_jobs GROUP BY status"))
         return dict(counts.all())
+
+
+# --- reports -------------------------------------------------------------------------------------
 
 
 def fmt(value: Any) -> str:
@@ -605,21 +1026,43 @@ def columns(results: Sequence[dict], rows: Sequence[tuple[str, Callable[[dict], 
             return "-"
 
     body = [[label, *[cell(get, r) for r in results]] for label, get in rows]
-    return table(["", *[r["config"] for r in results]], body)
+    names = [f"{r['config']} ({r['commit']})" if "commit" in r else r["config"] for r in results]
+    return table(["", *names], body)
+
+
+def cpu_split(r: dict) -> str:
+    c = {"daemon": NAN, "postgres": NAN, "redis": NAN} | r["cpu_ms_per_job"]
+    return " / ".join(fmt(c[k]) for k in ("workers", "dispatcher", "daemon", "postgres", "redis"))
+
+
+CPU_ROWS = [
+    ("**CPU per job, all processes (ms)**", lambda r: f"**{r['total_cpu_ms_per_job']:.1f}**"),
+    ("… workers / dispatcher / daemon / PostgreSQL / Redis (ms)", cpu_split),
+    (
+        "machine busy / of it others' processes (cores)",
+        lambda r: f"{r['machine_busy_cores']:.2f} / {r['other_cores']:.2f}",
+    ),
+]
+COUNTER_ROWS = [
+    ("Dagster event-log rows per job", lambda r: sum(r["event_rows_per_job"].values())),
+    (
+        "SQL statements per job (without BEGIN/COMMIT/SET)",
+        lambda r: "{statements_per_job:.1f} ({statements_not_utility_per_job:.1f})".format(**r["counters"]),
+    ),
+    (
+        "transactions committed / new connections per job",
+        lambda r: "{xact_commit:.1f} / {sessions:.2f}".format(**r["counters"]["pg_per_job"]),
+    ),
+    ("Redis commands per job", lambda r: r["counters"]["redis_commands_per_job"]),
+]
 
 
 def stack_report(title: str, result: dict, rows: list[tuple[str, Callable[[dict], Any]]]) -> str:
-    """measure_configs' result: throughput first, then `rows`, then each phase's median."""
-    first = [("completed", completed), ("first start → last finish (s)", lambda r: r["window_s"])]
-    first += [("**sustained throughput (jobs/s)**", lambda r: f"**{r['throughput_jobs_s']:.3g}**")]
-    phases = result["results"][0]["events"]["phases"] if result["results"] else ()
-    rows = (
-        first
-        + rows
-        + [(f"{k}, median (ms)", lambda r, k=k: r["events"]["phases"][k]["median_ms"]) for k in phases]
-    )
-    text = f"## {title} ({result['count']} jobs)\n\n{header(result)}{dispatch_line(result['dispatch'])}\n"
-    return text + columns(result["results"], rows)
+    """measure_configs' result: `rows`, then each phase's median."""
+    phases = list(dict.fromkeys(k for r in result["results"] for k in r["phases"]))
+    rows = rows + [(f"{k}, median (ms)", lambda r, k=k: r["phases"][k]["median_ms"]) for k in phases]
+    text = f"## {title}\n\n{header(result)}\n"
+    return text + columns(result["results"], [("completed", completed), *rows])
 
 
 def completed(r: dict) -> str:
@@ -628,15 +1071,6 @@ def completed(r: dict) -> str:
 
 def worker_memory(r: dict) -> str:
     return ", ".join(f"{m['rss_mb']:.0f} / {m['pss_mb']:.0f}" for k, m in r["memory"].items() if k[0] == "w")
-
-
-def dispatch_line(d: dict) -> str:
-    w = d["warm"]
-    return (
-        f"Dispatch phase: cold {d['cold_ms']:.0f} ms; {w['count']} warm: median {w['median_ms']:.1f} ms, "
-        f"p90 {w['p90_ms']:.1f}, p99 {w['p99_ms']:.1f}, max {w['max_ms']:.1f}; "
-        f"CPU {w['cpu_ms_per_call']:.1f} ms each.\n"
-    )
 
 
 def header(result: dict) -> str:
@@ -653,7 +1087,7 @@ def add_code_option(parser: argparse.ArgumentParser) -> None:
 
 
 def run_scenario(module: Any, argv: Sequence[str], out: Path | None = None) -> dict:
-    """Parse `argv` with the scenario's options, run it, write `<out>/<scenario>.json`; the result."""
+    """Parse `argv` with the scenario's options, run it, write `<out>/<scenario>[@<code>].json`."""
     name = Path(module.__file__).stem
     doc = module.__doc__.split("\n\n", 1)
     raw = argparse.RawDescriptionHelpFormatter
@@ -669,11 +1103,13 @@ def run_scenario(module: Any, argv: Sequence[str], out: Path | None = None) -> d
     result = {"scenario": name, "argv": list(argv), "start_utc": f"{datetime.now(UTC):%H:%M:%S}"}
     result["load_before"] = load()
     say(f"== {name} {' '.join(argv)} (load {result['load_before']})")
-    result |= module.run(args)
+    with servers():
+        result |= module.run(args)
     result |= {"end_utc": f"{datetime.now(UTC):%H:%M:%S}", "load_after": load()}
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+        suffix = f"@{result['commit']}" if getattr(args, "code", None) and result.get("commit") else ""
+        (out / f"{name}{suffix}.json").write_text(json.dumps(result, indent=2))
     return result
 
 

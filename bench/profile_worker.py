@@ -3,7 +3,8 @@
 The worker's code path in one process, without Celery: variants x (warm-up + N) runs are queued
 in a template database; each variant, in its own process, database copy and DAGSTER_HOME (the
 commit's dagster.yaml plus the variant's settings), launches them as dagster-daemon does (reported
-apart) and executes them one by one with the Celery task's function, `execute_run(None, run_id)`.
+apart; from 1a55b51 the task itself takes QUEUED runs) and executes them one by one with the
+Celery task's function, `execute_run(None, run_id)`.
 Per run: CPU (process_time), CPU of waited-for child processes, wall, SQL, new connections,
 subprocesses. Variants: instance settings, or monkeypatches standing for a small code change;
 cprofile and cprofile_wall run the baseline under cProfile (for shares and call counts only).
@@ -44,17 +45,28 @@ VARIANTS = {
 }
 # (label, part of the file name, function): inclusive time per run in the profiled variants.
 FUNCTIONS = [
-    ("whole run: execute_run_here", "etl_pipelines/framework/_dagster_internal", "execute_run_here"),
-    ("  load the job (recon_job_from_origin)", "", "recon_job_from_origin"),
-    ("  context creation", "", "create_context_creation_data"),
-    ("  execution plan", "", "create_execution_plan"),
-    ("  compute logs: capture_logs", "", "capture_logs"),
-    ("  the op body: run_attempt", "etl_pipelines/framework/attempt.py", "run_attempt"),
-    ("  event log: handle_new_event", "", "handle_new_event"),
-    ("    event insert: store_event", "dagster_postgres/event_log", "store_event"),
-    ("  run reads: get_run_by_id", "dagster/_core/instance", "get_run_by_id"),
-    ("  SQLAlchemy Connection.execute", "sqlalchemy/engine/base.py", "execute"),
-    ("  psycopg2 cursor.execute (C, incl. server wait)", "~", "psycopg2.extensions.cursor"),
+    ("task: execute_run", "etl_pipelines/framework/celery/task", "execute_run"),
+    ("  whole run: execute_run_here", "etl_pipelines/framework/_dagster_internal", "execute_run_here"),
+    ("    load the job (recon_job_from_origin)", "", "recon_job_from_origin"),
+    ("    context creation", "", "create_context_creation_data"),
+    ("    execution plan", "", "create_execution_plan"),
+    ("    compute logs: capture_logs", "", "capture_logs"),
+    ("    the op body: run_attempt", "etl_pipelines/framework/attempt.py", "run_attempt"),
+    ("      the job's handle()", "etl_pipelines/jobs/", "handle"),
+    ("  table line: hand_on", "etl_pipelines/framework/launch", "hand_on"),
+    ("event log: handle_new_event", "", "handle_new_event"),
+    ("  event insert: store_event", "dagster_postgres/event_log", "store_event"),
+    ("  run status write: handle_run_event", "dagster/_core/storage/runs", "handle_run_event"),
+    ("run reads: get_run_by_id", "dagster/_core/instance", "get_run_by_id"),
+    ("snapshot reads: _get_snapshot", "dagster/_core/storage/runs", "_get_snapshot"),
+    ("job table: JobStore.transition", "etl_pipelines/store/store.py", "transition"),
+    ("job table: JobStore.get", "etl_pipelines/store/store.py", "get"),
+    ("pool pre-ping: do_ping", "sqlalchemy/dialects/postgresql", "do_ping"),
+    ("config: process_config", "dagster/_config", "process_config"),
+    ("serdes: serialize_value", "dagster_shared/serdes/serdes.py", "serialize_value"),
+    ("serdes: deserialize_value", "dagster_shared/serdes/serdes.py", "deserialize_value"),
+    ("SQLAlchemy Connection.execute", "sqlalchemy/engine/base.py", "execute"),
+    ("psycopg2 cursor.execute (C, incl. server wait)", "~", "psycopg2.extensions.cursor"),
 ]
 MEASURES = ("cpu_ms", "child_cpu_ms", "wall_ms", "sql", "connections", "spawns")
 PACKAGES = [
@@ -133,6 +145,8 @@ def variant(name: str, warmup: int, count: int, profile_out: str | None) -> dict
         return original_execute_child(self, args, *rest, **kwargs)
 
     subprocess.Popen._execute_child = counted_execute_child
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
     from etl_pipelines.framework.celery.task import execute_run
     from etl_pipelines.framework.instance import get_instance
 
@@ -141,7 +155,8 @@ def variant(name: str, warmup: int, count: int, profile_out: str | None) -> dict
     run_ids = sorted(r.run_id for r in runs)[: warmup + count]
     cpu0, wall0 = time.process_time(), time.perf_counter()
     statements.clear()
-    for run_id in run_ids:  # what dagster-daemon does per run, not the worker's CPU
+    # The old design: what dagster-daemon does per run. From 1a55b51 the task takes QUEUED runs.
+    for run_id in run_ids if isinstance(instance.run_coordinator, QueuedRunCoordinator) else ():
         instance.launch_run(run_id, None)
     launch = {"cpu_ms_per_run": (time.process_time() - cpu0) * 1000 / len(run_ids)}
     launch |= {"wall_ms_per_run": (time.perf_counter() - wall0) * 1000 / len(run_ids)}
@@ -220,8 +235,10 @@ def run(args) -> dict:
     env = {"ETL_REDIS_URL": harness.REDIS_URL, "ETL_REDIS_KEY_PREFIX": prefix}
     with (
         harness.code_snapshot(args.code) as code,
-        harness.backlog(tag, code, args.warmup + args.count, env) as (template, _, dispatch_env),
+        harness.schema_template(tag, code, env) as (template, dispatch_env),
     ):
+        harness.say(f"{args.warmup + args.count} dispatches (code {code.commit}) ...")
+        harness.child(dispatch_env, code.root, "harness", "dispatch_jobs", count=args.warmup + args.count)
         for index, name in enumerate(names):
             instance = harness.instance_yaml(code, None, prefix, **VARIANTS[name].get("yaml", {}))
             with (

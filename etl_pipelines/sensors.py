@@ -74,7 +74,8 @@ def job_failures(context: dg.RunFailureSensorContext, job_store: JobStoreResourc
 @dg.sensor(
     name="due_retries",
     description="Queues each job whose retry is due (waiting_retry, next_retry_at passed) as a "
-    "re-execution of its failed run, once.",
+    "re-execution of its failed run, once: the fallback for a retry whose timer on the Celery "
+    "workers was lost or late, and for a deployment without workers.",
     minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )

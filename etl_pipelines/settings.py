@@ -57,6 +57,9 @@ class Settings:
     import_dir: Path
     redis_url: str | None
     redis_key_prefix: str
+    # The Celery broker of the workers: ETL_REDIS_URL, else a SQLite file in DAGSTER_HOME (kombu's
+    # SQLAlchemy transport), so the embedded default needs no service.
+    broker_url: str
     heartbeat_seconds: float
     recovery_grace_seconds: float
     retry_delays_by_type: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
@@ -70,6 +73,7 @@ class Settings:
         if len(set(queues)) != len(queues):
             raise SettingsError(f"ETL_QUEUES lists a queue twice: {','.join(queues)}")
         delays = env.get("ETL_RETRY_DELAYS")
+        redis_url = env.get("ETL_REDIS_URL") or None
         return cls(
             database_url=database_url,
             target_database_url=env.get("ETL_TARGET_DATABASE_URL") or database_url,
@@ -84,8 +88,9 @@ class Settings:
             job_timeout=_seconds("ETL_JOB_TIMEOUT", env.get("ETL_JOB_TIMEOUT"), DEFAULT_JOB_TIMEOUT),
             alert_webhook_url=env.get("ETL_ALERT_WEBHOOK_URL") or None,
             import_dir=Path(env.get("ETL_IMPORT_DIR") or dagster_home() / "imports").absolute(),
-            redis_url=env.get("ETL_REDIS_URL") or None,
+            redis_url=redis_url,
             redis_key_prefix=env.get("ETL_REDIS_KEY_PREFIX", ""),
+            broker_url=redis_url or f"sqla+sqlite:///{dagster_home() / 'broker.sqlite'}",
             heartbeat_seconds=_seconds("ETL_HEARTBEAT_SECONDS", env.get("ETL_HEARTBEAT_SECONDS"), 10.0)
             or 10.0,
             recovery_grace_seconds=_seconds(

@@ -120,15 +120,14 @@ def run_stack(
     demo: bool,
     echo: Callable[[str], None],
 ) -> int:
-    """Recover lost work, start webserver, daemon and `workers` Celery workers (None: 1 if Redis is
-    configured, else 0), queue the demo batch if asked; wait for a signal or a death; stop all."""
+    """Recover lost work, start webserver, daemon and `workers` Celery workers (None: 1) on the
+    settings' broker (Redis, or the SQLite file in DAGSTER_HOME), queue the demo batch if asked;
+    wait for a signal or a death; stop all."""
     from etl_pipelines.framework.instance import ensure_dagster_home
 
     home = ensure_dagster_home()
     if workers is None:
-        workers = 1 if settings.redis_url else 0
-    if workers:
-        settings.require_redis()  # SettingsError before anything starts
+        workers = 1
     recover_at_start(settings, echo)
     workspace = write_workspace(home)
     env = {**os.environ, "DAGSTER_HOME": str(home)}

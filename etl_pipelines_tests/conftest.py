@@ -149,7 +149,8 @@ def make_deployment(
 
 @pytest.fixture
 def sqlite_deployment(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Deployment]:
-    """The embedded default (SQLite instance and job table) in a temporary DAGSTER_HOME."""
+    """The embedded default (SQLite instance, job table and Celery broker, no Redis) in a temporary
+    DAGSTER_HOME; `daemon()` and `worker()` start warm `etl-jobs worker`s on its broker."""
     home = tmp_path / "dagster_home"
     deployment = make_deployment(
         clean_env, home, f"sqlite:///{home / 'etl.sqlite'}", instance_yaml(EMBEDDED_YAML)

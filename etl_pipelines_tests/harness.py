@@ -125,12 +125,13 @@ class Deployment:
 
     @property
     def celery(self) -> bool:
-        """Whether runs go through Celery workers (the production dagster.yaml) or a process each."""
-        return "EtlCeleryRunLauncher" in (self.home / "dagster.yaml").read_text()
+        """Whether runs go through `etl-jobs worker`s: both repository yamls (Redis, or the embedded
+        default's SQLite broker in DAGSTER_HOME); a test's own dagster.yaml may say otherwise."""
+        return "etl_pipelines.framework.celery.launcher" in (self.home / "dagster.yaml").read_text()
 
     @contextlib.contextmanager
     def daemon(self, workers: int = 1, concurrency: int = 2) -> Iterator[Group]:
-        """dagster-daemon (plus Celery workers when the instance uses them) for the block."""
+        """dagster-daemon plus `workers` warm Celery workers (when the instance uses them) for the block."""
         group = self.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")])
         with contextlib.ExitStack() as stack:
             try:
@@ -142,7 +143,8 @@ class Deployment:
 
     @contextlib.contextmanager
     def worker(self, concurrency: int = 1, queues: str | None = None) -> Iterator[Group]:
-        """An `etl-jobs worker`, as users start it, for the duration of the block."""
+        """An `etl-jobs worker`, as users start it, for the duration of the block: on ETL_REDIS_URL,
+        or without it on the SQLite broker in DAGSTER_HOME (the embedded default)."""
         number = sum(g.name == "worker" for g in self.groups) + 1
         argv = [str(BIN / "etl-jobs"), "worker", "--concurrency", str(concurrency), "--name", f"w{number}@%h"]
         if queues:

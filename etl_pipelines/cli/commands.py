@@ -463,17 +463,21 @@ def _queues(value: str | None, settings: Settings) -> list[str]:
 @click.option("--name", "-n", help="Worker name (Celery hostname, e.g. w1@%h).")
 @clear_errors
 def worker(queues: str | None, concurrency: int, name: str | None) -> None:
-    """A Celery worker taking runs from the queues strictly in priority order."""
-    from etl_pipelines.framework.celery.app import make_celery, worker_argv
+    """A Celery worker taking runs from the queues strictly in priority order.
+
+    Its broker is ETL_REDIS_URL, or without it a SQLite file in DAGSTER_HOME (the embedded default).
+    """
+    from etl_pipelines.framework.celery.app import make_celery, sql_broker_database, worker_argv
     from etl_pipelines.framework.instance import ensure_dagster_home
 
     ensure_dagster_home()
     settings = Settings.from_env()
-    # The launcher's redis_url and redis_key_prefix in dagster.yaml must be these same settings.
+    # The launcher's broker and redis_key_prefix in dagster.yaml must be these same settings.
     app = make_celery(
-        settings.require_redis(), key_prefix=settings.redis_key_prefix, default_queue=settings.queues[-1]
+        settings.broker_url, key_prefix=settings.redis_key_prefix, default_queue=settings.queues[-1]
     )
-    app.worker_main(worker_argv(_queues(queues, settings), concurrency, name))
+    on_redis = sql_broker_database(settings.broker_url) is None
+    app.worker_main(worker_argv(_queues(queues, settings), concurrency, name, redis=on_redis))
 
 
 @cli.command()
@@ -484,7 +488,7 @@ def worker(queues: str | None, concurrency: int, name: str | None) -> None:
     "--workers",
     type=click.IntRange(0, 64),
     default=None,
-    help="Celery workers to run (default: 1 when ETL_REDIS_URL is set, else 0).",
+    help="Celery workers to run (default: 1; on Redis with ETL_REDIS_URL, else on a SQLite broker).",
 )
 @click.option("--concurrency", type=click.IntRange(1, 256), default=2, show_default=True)
 @clear_errors

@@ -15,16 +15,18 @@ from typing import Any
 
 import dagster as dg
 from dagster._cli.api import _execute_run_command_body
+from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.execution.compute_logs import redirect_to_file
 from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
-from dagster._core.run_coordinator.base import RunCoordinator
 from dagster._core.remote_representation.external import RemoteJob
+from dagster._core.run_coordinator.base import RunCoordinator
 from dagster._core.storage.compute_log_manager import CapturedLogContext
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+from dagster._core.storage.tags import PARENT_RUN_ID_TAG, ROOT_RUN_ID_TAG, TAGS_TO_MAYBE_OMIT_ON_RETRY
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
@@ -53,6 +55,7 @@ __all__ = [
     "execute_run_here",
     "pool_storage_connections",
     "redirect_to_file",
+    "reexecute_from_snapshots",
     "run_submitter",
     "touch_file",
 ]
@@ -190,3 +193,65 @@ submitters: ProcessCache[RunSubmitter] = ProcessCache()
 def run_submitter(instance: dg.DagsterInstance) -> RunSubmitter:
     """One submitter per instance per process: the code location is loaded once."""
     return submitters.get(id(instance), lambda: RunSubmitter(instance))
+
+
+# An op job's runs plan no assets: create_run asks for an asset graph all the same.
+_NO_ASSETS = AssetGraph.from_assets([])
+# Snapshots are named by the hash of their content, so one read per process is enough; a cached
+# job snapshot also keeps its computed id (create_run hashes it again otherwise). A few per job type.
+_snapshots: ProcessCache[Any] = ProcessCache()
+
+
+def reexecute_from_snapshots(instance: dg.DagsterInstance, parent: dg.DagsterRun) -> dg.DagsterRun | None:
+    """Queue a re-execution of `parent` (all steps, its config and tags) without loading any code.
+
+    What RunSubmitter.reexecute does, with the parent's own job and execution-plan snapshots where
+    the code location would compute them again: for a whole run of a one-op job with the same
+    config they are the same (a deploy in between changes the code the retry runs, not the
+    snapshots the UI shows for it). Submitted with no workspace: only for a run coordinator and
+    launcher that need none (EtlRunCoordinator, EtlCeleryRunLauncher). None when `parent` is not
+    such a run (a subset, assets, no origin): then the caller needs the code location.
+    """
+    if (
+        parent.job_snapshot_id is None
+        or parent.execution_plan_snapshot_id is None
+        or parent.remote_job_origin is None
+        or parent.job_code_origin is None
+        or parent.op_selection
+        or parent.asset_selection
+        or parent.asset_check_selection
+    ):
+        return None
+    job_id, plan_id = parent.job_snapshot_id, parent.execution_plan_snapshot_id
+    job_snapshot = _snapshots.get(("job", job_id), lambda: instance.get_job_snapshot(job_id))
+    plan = _snapshots.get(("plan", plan_id), lambda: instance.get_execution_plan_snapshot(plan_id))
+    every_step = {step.key for step in plan.steps}
+    if (
+        job_snapshot.lineage_snapshot is not None  # a subset of its job
+        or set(plan.step_keys_to_execute) != every_step
+        or set(parent.step_keys_to_execute or every_step) != every_step  # dispatch names them all
+    ):
+        return None
+    root_run_id = parent.root_run_id or parent.run_id
+    tags = {key: value for key, value in parent.tags.items() if key not in TAGS_TO_MAYBE_OMIT_ON_RETRY}
+    run = instance.create_run(
+        job_name=parent.job_name,
+        run_id=None,
+        run_config=parent.run_config,
+        resolved_op_selection=None,
+        step_keys_to_execute=None,
+        op_selection=None,
+        status=dg.DagsterRunStatus.NOT_STARTED,
+        root_run_id=root_run_id,
+        parent_run_id=parent.run_id,
+        tags={**tags, PARENT_RUN_ID_TAG: parent.run_id, ROOT_RUN_ID_TAG: root_run_id},
+        job_snapshot=job_snapshot,
+        execution_plan_snapshot=plan,
+        parent_job_snapshot=None,
+        remote_job_origin=parent.remote_job_origin,
+        job_code_origin=parent.job_code_origin,
+        asset_selection=None,
+        asset_check_selection=None,
+        asset_graph=_NO_ASSETS,
+    )
+    return instance.submit_run(run.run_id, None)  # type: ignore[arg-type]  # see the docstring

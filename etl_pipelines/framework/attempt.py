@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from etl_pipelines.errors import JobTimeoutError, NonRetryableError
 from etl_pipelines.framework.base import BaseJob, JobContext
 from etl_pipelines.framework.launch import hand_on
+from etl_pipelines.framework.retries import schedule_due_retry
 from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
 from etl_pipelines.lifecycle import RetrySchedule, events
 from etl_pipelines.resources import JobStoreResource, TargetDatabase
@@ -111,7 +112,7 @@ def _attempt(
                 raise JobResultError(f"the job's result cannot be stored as JSON: {exc}") from exc
     except Exception as exc:
         # The wait for a retry lives in the job table, not in this process: the run ends here,
-        # the worker slot is free, and the due_retries sensor re-executes the run when it is due.
+        # the worker slot is free, and the run is re-executed when it is due (framework.retries).
         # Only while the job is still this attempt: if recovery declared the worker lost
         # meanwhile, that decision stands (JobStateError fails this run instead).
         after = events.attempt_failed(
@@ -129,6 +130,8 @@ def _attempt(
                 f"attempt {record.retry_count + 1} failed ({after.error}); retry {after.retry_count + 1} "
                 f"of {after.max_retries} due at {after.next_retry_at:%Y-%m-%d %H:%M:%S} UTC"
             )
+            # A worker starts the retry at its due time; the sensor if that timer is lost.
+            schedule_due_retry(context.instance, after)
         raise
     events.completed(store, job_id, run.run_id, result)
     context.add_output_metadata(

@@ -23,10 +23,11 @@ from typing import Any
 import dagster as dg
 
 from etl_pipelines.framework._dagster_internal import ConfigurableClass, ConfigurableClassData, RunCoordinator
-from etl_pipelines.framework.launch import hand_on, start
+from etl_pipelines.framework.launch import hand_on, start, start_holder
 from etl_pipelines.framework.op import params_of
 from etl_pipelines.framework.registry import job_types
 from etl_pipelines.framework.tags import JOB_ID_TAG, PRIORITY_TAG, QUEUE_TAG, TARGET_TAG, job_id_of, run_tags
+from etl_pipelines.identifiers import IdentifierError
 from etl_pipelines.lifecycle import Refused, admission, events
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStateError, JobStatus, JobStore
@@ -117,8 +118,11 @@ def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun, settings: Set
     except Exception:  # bad config: the op reports it; no target to wait for
         job = None
     tags = run_tags(job, job_cls, queue, settings)
-    if job is not None and TARGET_TAG in tags:
-        tags[TARGET_TAG] = admission.table_key(tags[TARGET_TAG], settings.target_dialect)
+    if TARGET_TAG in tags:
+        try:
+            tags[TARGET_TAG] = admission.table_key(tags[TARGET_TAG], settings.target_dialect)
+        except IdentifierError:  # no table at all: the op fails the job at once, with the reason
+            del tags[TARGET_TAG]
     wanted = {JOB_ID_TAG: job_id, **tags}
     changed = {key: value for key, value in wanted.items() if run.tags.get(key) != value}
     if TARGET_TAG in run.tags and TARGET_TAG not in wanted:
@@ -143,7 +147,10 @@ def admit(instance: dg.DagsterInstance, run: dg.DagsterRun, store: JobStore) -> 
             f"Waiting for table {target}, held by run {holders[0] if holders else '?'}.", run
         )
         return
-    start(instance, run if first == run.run_id else instance.get_run_by_id(first))
+    if first == run.run_id:
+        start(instance, run)
+    else:
+        start_holder(instance, store, first)
 
 
 def cancel_job(

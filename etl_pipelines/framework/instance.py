@@ -10,6 +10,9 @@ from etl_pipelines.framework._dagster_internal import pool_storage_connections
 from etl_pipelines.process_cache import ProcessCache
 from etl_pipelines.settings import dagster_home
 
+# The first line of the embedded default's dagster.yaml: a file that starts with it is ours.
+EMBEDDED_HEADER = "# The embedded default's Dagster instance"
+
 instances: ProcessCache[dg.DagsterInstance] = ProcessCache(close=lambda instance: instance.dispose())
 
 
@@ -20,9 +23,11 @@ def ensure_dagster_home() -> Path:
         os.environ["DAGSTER_HOME"] = str(home)
         home.mkdir(parents=True, exist_ok=True)
         config = home / "dagster.yaml"
-        if not config.exists():
-            template = resources.files("etl_pipelines").joinpath("embedded_dagster.yaml")
-            config.write_text(template.read_text())
+        template = resources.files("etl_pipelines").joinpath("embedded_dagster.yaml").read_text()
+        # Ours to keep current (an older version's would not load); a file someone wrote is theirs.
+        current = config.read_text() if config.exists() else None
+        if current is None or (current.startswith(EMBEDDED_HEADER) and current != template):
+            config.write_text(template)
     return home
 
 

@@ -21,6 +21,15 @@ def start(instance: dg.DagsterInstance, run: dg.DagsterRun | None) -> None:
 
 def hand_on(instance: dg.DagsterInstance, store: JobStore, run_id: str) -> None:
     """`run_id`'s attempt is over (or it was cancelled): the next run in its table's line starts."""
-    nxt = admission.release(store, run_id)
-    if nxt is not None:
-        start(instance, instance.get_run_by_id(nxt))
+    start_holder(instance, store, admission.release(store, run_id))
+
+
+def start_holder(instance: dg.DagsterInstance, store: JobStore, run_id: str | None) -> None:
+    """Start `run_id`, which was just given its table. One that ended or was deleted while it
+    waited (cancelled, failed by hand) gives the table straight on, so a line never stalls."""
+    while run_id is not None:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.status == dg.DagsterRunStatus.QUEUED:
+            start(instance, run)
+            return
+        run_id = admission.release(store, run_id)

@@ -56,7 +56,8 @@ def test_fibonacci_runs_to_completion(deployment: Deployment) -> None:
 
 
 def test_failed_job_retries_on_schedule_then_fails(deployment: Deployment) -> None:
-    """Each retry is a re-execution started by the due_retries sensor once its time has come."""
+    """Each retry is a re-execution started once its time has come: by its timer on the Celery
+    workers, else by the due_retries sensor."""
     handle = FailedJob.dispatch(message="boom")
     seen_waiting = []
     with deployment.daemon():
@@ -86,8 +87,8 @@ def test_failed_job_retries_on_schedule_then_fails(deployment: Deployment) -> No
     assert [run.parent_run_id for run in runs] == [None, *record.run_ids[:3]]
     assert all(run.root_run_id == handle.id for run in runs[1:])
 
-    # Each retry was queued after its delay (ETL_RETRY_DELAYS=1,2,3), and within the sensor's 5 s
-    # interval plus a tick of slack.
+    # Each retry was queued after its delay (ETL_RETRY_DELAYS=1,2,3): by its timer within a second
+    # or so where workers hold timers, else within the sensor's 5 s interval plus a tick of slack.
     history = JobStore(deployment.database_url).history(handle.id)
     failures = [e.at for e in history if e.action == "waiting_retry"]
     retries = [e.at for e in history if e.action == "retry"]
@@ -95,7 +96,7 @@ def test_failed_job_retries_on_schedule_then_fails(deployment: Deployment) -> No
     for failed_at, retried_at, delay in zip(failures, retries, (1, 2, 3), strict=True):
         waited = (retried_at - failed_at).total_seconds()
         # `waited` starts a few ms after the due time was computed: allow that much early.
-        assert delay - 0.5 <= waited <= delay + 12, (delay, waited)
+        assert delay - 0.5 <= waited <= delay + (2 if deployment.celery else 12), (delay, waited)
 
 
 def test_run_queue_priority(pg_deployment: Deployment) -> None:

@@ -115,3 +115,26 @@ def test_settings_defaults_and_errors(clean_env: pytest.MonkeyPatch, tmp_path) -
 
 def test_sqlalchemy_is_2_x() -> None:
     assert sa.__version__.startswith("2.")
+
+
+def test_the_embedded_home_gets_the_current_instance_yaml(clean_env: pytest.MonkeyPatch, tmp_path) -> None:
+    """An older version's embedded dagster.yaml (ours) is replaced; a file someone wrote is kept."""
+    from etl_pipelines.framework.instance import EMBEDDED_HEADER, ensure_dagster_home
+
+    clean_env.chdir(tmp_path)
+    # The shape of an older version's file: a coordinator config this version no longer accepts.
+    old = (
+        f"{EMBEDDED_HEADER} (copied into ./.dagster_home when DAGSTER_HOME is unset):\n"
+        "run_coordinator:\n  module: etl_pipelines.framework.coordinator\n  class: EtlRunCoordinator\n"
+        "  config:\n    max_concurrent_runs: 4\n"
+    )
+    (tmp_path / ".dagster_home").mkdir()
+    config = tmp_path / ".dagster_home" / "dagster.yaml"
+    config.write_text(old)
+    assert ensure_dagster_home() == tmp_path / ".dagster_home"
+    assert "max_concurrent_runs" not in config.read_text() and config.read_text().startswith(EMBEDDED_HEADER)
+
+    clean_env.delenv("DAGSTER_HOME")
+    config.write_text("telemetry:\n  enabled: false\n")
+    ensure_dagster_home()
+    assert config.read_text() == "telemetry:\n  enabled: false\n"

@@ -1,10 +1,11 @@
-"""Celery over Redis: the priority queues that warm workers take whole Dagster runs from.
+"""Celery over Redis (or, embedded, a SQLite file): the priority queues warm workers take runs from.
 
 The run coordinator (EtlRunCoordinator) hands each admitted run to `enqueue` the moment it is
 submitted; the run stays QUEUED until a worker takes it. The queues hold the backlog: a worker
 consumes its queues strictly in priority order (kombu's `queue_order_strategy: priority`, no
 prefetch) and executes the run in its own process with a pooled Dagster instance, instead of
-spawning a process per run.
+spawning a process per run. The embedded default's broker is kombu's SQLAlchemy transport on a
+SQLite file in DAGSTER_HOME (framework/celery/app.py), so it needs no Redis.
 """
 
 import json
@@ -14,6 +15,7 @@ from typing import Any
 
 import dagster as dg
 import redis
+import sqlalchemy as sa
 from celery import Celery
 
 from etl_pipelines.framework._dagster_internal import (
@@ -24,11 +26,12 @@ from etl_pipelines.framework._dagster_internal import (
     RunLauncher,
     WorkerStatus,
 )
-from etl_pipelines.framework.celery.app import make_celery
+from etl_pipelines.framework.celery.app import make_celery, sql_broker_database
 from etl_pipelines.framework.celery.task import EXECUTE_RUN_TASK
 from etl_pipelines.framework.launch import hand_on
 from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
 from etl_pipelines.lifecycle.diagnosis import BEATS_MISSED, run_alive
+from etl_pipelines.process_cache import ProcessCache
 from etl_pipelines.settings import DEFAULT_QUEUES, Settings
 from etl_pipelines.store import JobStore
 from etl_pipelines.store.models import utcnow
@@ -38,15 +41,17 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
     """Sends each run to the Celery queue of its etl/queue tag; workers execute it warm.
 
     Configured in dagster.yaml (`config_type`), like dagster-celery's CeleryRunLauncher: the
-    Redis URL and key prefix must be the ones the deployment's `etl-jobs worker`s use
-    (ETL_REDIS_URL, ETL_REDIS_KEY_PREFIX), the job table and heartbeat the ones its jobs write.
+    broker (`redis_url`, or `broker_url`) and key prefix must be the ones the deployment's
+    `etl-jobs worker`s use (ETL_REDIS_URL, ETL_REDIS_KEY_PREFIX), the job table and heartbeat the
+    ones its jobs write.
     """
 
     def __init__(
         self,
-        redis_url: str,
-        job_database_url: str,
+        redis_url: str | None = None,
+        job_database_url: str = "",
         redis_key_prefix: str = "",
+        broker_url: str | None = None,
         default_queue: str = DEFAULT_QUEUES[-1],
         heartbeat_seconds: float | None = None,
         inst_data: ConfigurableClassData | None = None,
@@ -56,8 +61,17 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
             heartbeat_seconds = Settings.from_env().heartbeat_seconds
         if heartbeat_seconds <= 0:
             raise ValueError(f"heartbeat_seconds must be positive; got {heartbeat_seconds!r}")
+        if not (broker_url or redis_url):
+            raise ValueError("EtlCeleryRunLauncher needs redis_url or broker_url (the workers' broker)")
+        if broker_url and redis_url and broker_url != redis_url:
+            raise ValueError(f"redis_url {redis_url!r} and broker_url {broker_url!r} name two brokers")
+        if not job_database_url:
+            raise ValueError("EtlCeleryRunLauncher needs job_database_url (the job table)")
         self._inst_data = inst_data
-        self.redis_url = redis_url
+        self.broker_url: str = broker_url or redis_url or ""
+        # None for a SQL broker: its queries go to kombu's tables (`_sql_waiting`), not to Redis.
+        self._sql_broker = sql_broker_database(self.broker_url)
+        self.redis_url = None if self._sql_broker else self.broker_url
         self.job_database_url = job_database_url
         self.redis_key_prefix = redis_key_prefix
         self.default_queue = default_queue
@@ -71,7 +85,7 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
         # Created on first use and again after a fork: the daemon and webserver fork workers.
         if self._app is None or self._app_pid != os.getpid():
             self._app = make_celery(
-                self.redis_url, key_prefix=self.redis_key_prefix, default_queue=self.default_queue
+                self.broker_url, key_prefix=self.redis_key_prefix, default_queue=self.default_queue
             )
             self._app_pid = os.getpid()
         return self._app
@@ -85,9 +99,19 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
         return {
             "redis_url": dg.Field(
                 dg.StringSource,
+                is_required=False,
                 description=(
                     "Redis URL of the Celery broker and result backend, e.g. redis://host:6379/0: "
-                    "the one the workers use (their ETL_REDIS_URL)."
+                    "the one the workers use (their ETL_REDIS_URL). Required unless broker_url is given."
+                ),
+            ),
+            "broker_url": dg.Field(
+                dg.StringSource,
+                is_required=False,
+                description=(
+                    "Celery broker URL instead of redis_url: redis://… or a SQL broker "
+                    "(sqla+sqlite:///path/broker.sqlite, results in the same database), the one the "
+                    "workers use (without ETL_REDIS_URL: broker.sqlite in their DAGSTER_HOME)."
                 ),
             ),
             "redis_key_prefix": dg.Field(
@@ -147,7 +171,15 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
 
     def withdraw(self, run: dg.DagsterRun) -> bool:
         """Take a run's waiting task out of its Celery queue: True if it was there."""
-        client = redis.Redis.from_url(self.redis_url)
+        if self._sql_broker:
+            ids = _sql_waiting(self._sql_broker, self._queue(run), run.run_id)
+            with _sql_engine(self._sql_broker).begin() as connection:
+                # Still visible: a worker that took it meanwhile keeps it (and finds the run cancelled).
+                deleted = connection.execute(
+                    sa.delete(_MESSAGE).where(_MESSAGE.c.id.in_(ids), _MESSAGE.c.visible == sa.true())
+                )
+            return deleted.rowcount > 0
+        client = redis.Redis.from_url(self.broker_url)
         try:
             removed = 0
             for key in self._queue_keys(run):
@@ -179,8 +211,15 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
 
         Recovery asks this of QUEUED runs that should be in the broker. A missing task is a plain False; an
         unreachable Redis raises (redis.ConnectionError), so "don't know" is never "gone".
+
+        A SQL broker keeps a message a worker took as an invisible row, acknowledged or not, and never
+        redelivers it: only a waiting (visible) message counts. A worker marks the run STARTING the
+        moment it takes it, so a run still QUEUED or STARTING past recovery's grace with no waiting
+        message lost its worker. An unreadable database raises (sqlalchemy's OperationalError).
         """
-        client = redis.Redis.from_url(self.redis_url)
+        if self._sql_broker:
+            return bool(_sql_waiting(self._sql_broker, self._queue(run), run.run_id))
+        client = redis.Redis.from_url(self.broker_url)
         prefix = self.redis_key_prefix
         try:
             # The queue's lists, and the messages workers hold in the "unacked" hash until they
@@ -216,8 +255,72 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
         return run_alive(record, run.run_id, now=utcnow(), heartbeat_seconds=self.heartbeat_seconds)
 
 
+class EmbeddedCeleryRunLauncher(EtlCeleryRunLauncher):
+    """The embedded default's launcher: broker, key prefix and job table are the workers' own settings.
+
+    The process that loads the instance reads them as `etl-jobs worker` does (Settings: ETL_REDIS_URL
+    or broker.sqlite in DAGSTER_HOME, ETL_DATABASE_URL or etl.sqlite there), so the dagster.yaml
+    copied into ./.dagster_home names no path and no variable that may be unset.
+    """
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        own = ("redis_url", "broker_url", "redis_key_prefix", "job_database_url")
+        fields = {name: f for name, f in super().config_type().items() if name not in own}
+        fields["default_queue"] = dg.Field(
+            dg.StringSource,
+            is_required=False,
+            description="Celery queue of a run without an etl/queue tag. Default: the last of ETL_QUEUES.",
+        )
+        return fields
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
+    ) -> "EmbeddedCeleryRunLauncher":
+        settings = Settings.from_env()
+        return cls(
+            inst_data=inst_data,
+            broker_url=settings.broker_url,
+            redis_key_prefix=settings.redis_key_prefix,
+            job_database_url=settings.database_url,
+            **{"default_queue": settings.queues[-1], **config_value},
+        )
+
+
+# kombu's SQLAlchemy transport's tables (kombu/transport/sqlalchemy/models.py, default names).
+_QUEUE = sa.table("kombu_queue", sa.column("id"), sa.column("name"))
+_MESSAGE = sa.table(
+    "kombu_message", sa.column("id"), sa.column("queue_id"), sa.column("visible"), sa.column("payload")
+)
+_sql_engines: ProcessCache[sa.Engine] = ProcessCache(close=lambda engine: engine.dispose())
+
+
+def _sql_engine(database: str) -> sa.Engine:
+    return _sql_engines.get(database, lambda: sa.create_engine(database))
+
+
+def _sql_waiting(database: str, queue: str, task_id: str) -> list[int]:
+    """Ids of the messages waiting (visible) in a SQL broker's `queue` for the task `task_id`."""
+    with _sql_engine(database).connect() as connection:
+        if not sa.inspect(connection).has_table("kombu_message"):
+            return []  # nothing was ever sent or consumed
+        rows = connection.execute(
+            sa.select(_MESSAGE.c.id, _MESSAGE.c.payload)
+            .join_from(_MESSAGE, _QUEUE, _MESSAGE.c.queue_id == _QUEUE.c.id)
+            .where(
+                _QUEUE.c.name == queue,
+                _MESSAGE.c.visible == sa.true(),
+                # The id is in the payload's JSON text; the parsed header decides.
+                _MESSAGE.c.payload.contains(task_id, autoescape=True),
+            )
+        ).all()
+    return [row.id for row in rows if _task_id(row.payload) == task_id]
+
+
 def _task_id(raw: bytes | str, wrapped: bool = False) -> str | None:
-    """The Celery task id of a kombu message as Redis stores it (unacked entries are wrapped)."""
+    """The Celery task id of a kombu message as Redis or kombu_message stores it (Redis's unacked
+    entries are wrapped)."""
     try:
         message = json.loads(raw)
         if wrapped:

@@ -1,4 +1,5 @@
-"""The Celery task a worker runs: execute one submitted Dagster run in this warm process."""
+"""The Celery tasks a worker runs: execute one submitted Dagster run in this warm process; start a
+job's retry when it is due."""
 
 import logging
 from typing import Any
@@ -8,6 +9,7 @@ import dagster as dg
 from etl_pipelines.framework._dagster_internal import execute_run_here
 
 EXECUTE_RUN_TASK = "etl_pipelines.execute_run"
+START_DUE_RETRY_TASK = "etl_pipelines.start_due_retry"
 logger = logging.getLogger(__name__)
 
 
@@ -39,3 +41,16 @@ def execute_run(task: Any, run_id: str) -> str:
         # op did (bad config, a failure setting up). Nothing to do when the op did it already.
         hand_on(instance, JobStore(Settings.from_env().database_url), run_id)
     return "failure" if code else "success"
+
+
+def start_due_retry(job_id: str) -> str:
+    """Celery task sent with a retry's due time as its ETA (retries.schedule_due_retry): start the
+    job's retry if it is due and nobody else has; a stale or duplicate timer does nothing."""
+    from etl_pipelines.framework.instance import get_instance
+    from etl_pipelines.framework.retries import start_retry_if_due
+    from etl_pipelines.settings import Settings
+    from etl_pipelines.store import JobStore
+
+    settings = Settings.from_env()
+    action = start_retry_if_due(get_instance(), JobStore(settings.database_url), settings, job_id)
+    return str(action) if action is not None else "nothing to do"
