@@ -76,7 +76,7 @@ def pg_template() -> Iterator[str]:
         home.mkdir()
         (home / "dagster.yaml").write_text(
             PRODUCTION_YAML.read_text().replace(
-                "postgres_url:\n      env: ETL_DATABASE_URL", f"postgres_url: {url}"
+                "postgres_url:\n        env: ETL_DATABASE_URL", f"postgres_url: {url}"
             )
         )
         with dg.DagsterInstance.from_config(str(home)) as instance:

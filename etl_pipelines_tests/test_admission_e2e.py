@@ -103,7 +103,7 @@ def test_cancelling_work_that_waits(pg_deployment: Deployment, monkeypatch: pyte
     store = JobStore(deployment.database_url)
     instance = get_instance()
     with deployment.webserver() as url, deployment.worker(concurrency=1):
-        busy = dispatch("slow_query", duration=4, table="auth.t", queue="high")
+        busy = dispatch("slow_query", duration=12, table="auth.t", queue="high")
         poll(lambda: store.require(busy.id).status == JobStatus.STARTED, 60, 0.1, "the slow job to start")
         for_worker = dispatch("fibonacci", n=3, queue="low")
         for_table = dispatch("slow_query", duration=0, table="auth.t")

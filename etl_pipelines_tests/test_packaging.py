@@ -44,7 +44,9 @@ def test_compose_agrees_with_the_image_and_the_instance() -> None:
     instance = yaml.safe_load((REPO / "dagster.yaml").read_text())
     home = re.search(r"^ENV DAGSTER_HOME=(\S+)$", dockerfile, re.M).group(1)
     assert f"COPY dagster.yaml {home}/dagster.yaml" in dockerfile
-    assert instance["storage"]["postgres"]["postgres_url"] == {"env": "ETL_DATABASE_URL"}
+    storage = instance["storage"]["custom"]
+    assert storage["class"] == "PooledPostgresStorage"
+    assert storage["config"]["postgres_url"] == {"env": "ETL_DATABASE_URL"}
     services = compose["services"]
     for name in ("webserver", "daemon", "worker"):
         service = services[name]

@@ -477,6 +477,10 @@ def worker(queues: str | None, concurrency: int, name: str | None) -> None:
         settings.broker_url, key_prefix=settings.redis_key_prefix, default_queue=settings.queues[-1]
     )
     on_redis = sql_broker_database(settings.broker_url) is None
+    # Imported before the pool forks: every pool process starts warm (its first run does not pay
+    # ~1.5 s of imports). Nothing here opens a connection, so nothing is shared across the fork.
+    import etl_pipelines.definitions  # noqa: F401
+
     app.worker_main(worker_argv(_queues(queues, settings), concurrency, name, redis=on_redis))
 
 

@@ -84,11 +84,21 @@ def pool_storage_connections(instance: dg.DagsterInstance) -> None:
 
     dagster-postgres opens a new connection per query by default (NullPool): ~15 per dispatch.
     """
-    instance.optimize_for_webserver(statement_timeout=15_000, pool_recycle=3600, max_overflow=5)
-    storage = instance.run_storage
+    if not getattr(instance.run_storage, POOLED, False):  # PooledPostgresStorage did it already
+        instance.optimize_for_webserver(statement_timeout=15_000, pool_recycle=3600, max_overflow=5)
+    cache_schema_checks(instance.run_storage)
+
+
+# Set on a run storage whose connections are pooled already (framework/storage.py).
+POOLED = "etl_pooled"
+
+
+def cache_schema_checks(storage: Any) -> None:
+    """Run-storage schema checks answered from memory once true (see _SCHEMA_CHECKS)."""
     for name in _SCHEMA_CHECKS:
-        if callable(getattr(storage, name, None)):
-            setattr(storage, name, _true_once_known(getattr(storage, name)))
+        check = getattr(storage, name, None)
+        if callable(check) and not getattr(check, "__wrapped__", None):
+            setattr(storage, name, _true_once_known(check))
 
 
 def execute_run_here(instance: dg.DagsterInstance, run_id: str) -> int:

@@ -1,5 +1,6 @@
 """One attempt of a job, as its op runs it: record, heartbeat, handle(), outcome."""
 
+import contextlib
 import functools
 import json
 import logging
@@ -19,7 +20,7 @@ from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
 from etl_pipelines.lifecycle import RetrySchedule, events
 from etl_pipelines.resources import JobStoreResource, TargetDatabase
 from etl_pipelines.settings import Settings
-from etl_pipelines.store import JobRecord, JobStore
+from etl_pipelines.store import JobRecord, JobStateError, JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,12 @@ def _attempt(
             except (TypeError, ValueError) as exc:
                 raise JobResultError(f"the job's result cannot be stored as JSON: {exc}") from exc
     except Exception as exc:
+        if _cancelling(context):
+            # Stopped because its run is being cancelled (UI, GraphQL, etl-jobs cancel): not a
+            # failure to retry.
+            with contextlib.suppress(JobStateError):  # the canceller recorded it first
+                events.cancelled(store, job_id, run.run_id, reason=f"cancelled while running ({exc})")
+            raise
         # The wait for a retry lives in the job table, not in this process: the run ends here,
         # the worker slot is free, and the run is re-executed when it is due (framework.retries).
         # Only while the job is still this attempt: if recovery declared the worker lost
@@ -138,6 +145,11 @@ def _attempt(
         {"job_id": job_id, "result": result_metadata(result), **job.result_metadata(result)}
     )
     return result
+
+
+def _cancelling(context: dg.OpExecutionContext) -> bool:
+    run = context.instance.get_run_by_id(context.run.run_id)
+    return run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
 
 
 class JobResultError(NonRetryableError):

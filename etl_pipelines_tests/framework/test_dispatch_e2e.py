@@ -1,8 +1,5 @@
 """dispatch() through the real dagster-daemon, on the embedded default and on PostgreSQL."""
 
-import itertools
-from datetime import timedelta
-
 import dagster as dg
 import pytest
 
@@ -10,7 +7,7 @@ from etl_pipelines.framework.instance import get_instance
 from etl_pipelines.jobs.failed_job import FailedJob
 from etl_pipelines.jobs.fibonacci import Fibonacci
 from etl_pipelines.store import JobStatus, JobStore
-from etl_pipelines_tests.harness import Deployment, instance_yaml, poll, run_finished
+from etl_pipelines_tests.harness import Deployment, poll, run_finished
 
 pytestmark = pytest.mark.e2e
 
@@ -97,29 +94,3 @@ def test_failed_job_retries_on_schedule_then_fails(deployment: Deployment) -> No
         waited = (retried_at - failed_at).total_seconds()
         # `waited` starts a few ms after the due time was computed: allow that much early.
         assert delay - 0.5 <= waited <= delay + (2 if deployment.celery else 12), (delay, waited)
-
-
-def test_run_queue_priority(pg_deployment: Deployment) -> None:
-    """Daemon down: dispatch low/medium/high interleaved; one run at a time: high, then medium, then low."""
-    from etl_pipelines_tests.conftest import PRODUCTION_YAML
-
-    deployment = pg_deployment
-    (deployment.home / "dagster.yaml").write_text(instance_yaml(PRODUCTION_YAML, max_concurrent_runs=1))
-    handles = []
-    for _ in range(3):
-        for queue in ("low", "medium", "high"):
-            handles.append(Fibonacci.dispatch(n=5, queue=queue))
-    store = JobStore(deployment.database_url)
-    with deployment.daemon():
-        poll(
-            lambda: all(store.require(h.id).status.is_final and run_finished(h.id) for h in handles),
-            240,
-            0.5,
-            "nine runs to finish",
-        )
-    records = sorted((store.require(h.id) for h in handles), key=lambda r: r.started_at)
-    assert all(r.status == JobStatus.COMPLETED for r in records)
-    assert [r.queue for r in records] == ["high"] * 3 + ["medium"] * 3 + ["low"] * 3
-    # One at a time: each started after the previous one finished.
-    for earlier, later in itertools.pairwise(records):
-        assert later.started_at >= earlier.finished_at - timedelta(seconds=0.5)

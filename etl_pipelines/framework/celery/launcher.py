@@ -8,6 +8,7 @@ spawning a process per run. The embedded default's broker is kombu's SQLAlchemy 
 SQLite file in DAGSTER_HOME (framework/celery/app.py), so it needs no Redis.
 """
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -30,10 +31,11 @@ from etl_pipelines.framework.celery.app import make_celery, sql_broker_database
 from etl_pipelines.framework.celery.task import EXECUTE_RUN_TASK
 from etl_pipelines.framework.launch import hand_on
 from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
+from etl_pipelines.lifecycle import events
 from etl_pipelines.lifecycle.diagnosis import BEATS_MISSED, run_alive
 from etl_pipelines.process_cache import ProcessCache
 from etl_pipelines.settings import DEFAULT_QUEUES, Settings
-from etl_pipelines.store import JobStore
+from etl_pipelines.store import JobStateError, JobStore
 from etl_pipelines.store.models import utcnow
 
 
@@ -197,8 +199,13 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
         self._instance.report_run_canceling(run)
         self.app.control.revoke(run_id, terminate=True)
         self._instance.report_run_canceled(run, message="Revoked the run's Celery task.")
-        # Its process was stopped mid-attempt: nobody else hands its table on.
-        hand_on(self._instance, JobStore(self.job_database_url), run_id)
+        store = JobStore(self.job_database_url)
+        # Its job is cancelled, not failed and retried (the op records the same if it sees the
+        # cancellation first), and its process was stopped mid-attempt: nobody else hands its
+        # table on.
+        with contextlib.suppress(JobStateError):
+            events.cancelled(store, job_id_of(run), run_id, reason="its run was terminated")
+        hand_on(self._instance, store, run_id)
         return True
 
     def _queue_keys(self, run: dg.DagsterRun) -> list[str]:
