@@ -4,7 +4,7 @@ Servers of the bench's own (a PostgreSQL cluster with pg_stat_statements and a r
 their own process groups, so their CPU and counters are the bench's alone), code snapshots (`git
 archive` of one commit, first on every measured process's PYTHONPATH), child processes returning
 JSON, deployments (databases `etl_bench_*`, temporary homes, Redis keys under a prefix), the stack
-of one configuration `WxC[mM][iS][t[K]][n]` (workers, dagster-daemon and a dispatching process in
+of one configuration `WxC[mM][iS][t[K]][n][p]` (workers, dagster-daemon and a dispatching process in
 process groups, `etl_pipelines.stack.ProcessGroup`/`stop_groups`, sampled from /proc with the
 servers), server counters, statistics, markdown tables, the environment, and `main(module)`: every
 scenario script's entry point. Only the standard library (and psycopg2, for the counters) is
@@ -438,6 +438,7 @@ def drive(
     job_cls = get_job_type(job)
     for handle in [job_cls.dispatch(**params) for _ in range(warmup)]:
         handle.wait(timeout=600, poll=0.05)
+    storage = instance_storage()
     Path(ready).touch()
     while not Path(go).exists():
         time.sleep(0.01)
@@ -453,10 +454,30 @@ def drive(
         "t_start": t_start,
         "t_dispatched": time.time(),
         "dispatch": summarise(samples, time.process_time() - cpu0),
+        "instance_storage": storage,
     }
     Path(result).write_text(json.dumps(out))
     time.sleep(3600)
     return out
+
+
+def instance_storage() -> dict[str, str]:
+    """What an instance built from DAGSTER_HOME's dagster.yaml gets, as dagster-daemon and its
+    code server build it (`DagsterInstance.get()`, without etl_pipelines' own pooling): the
+    storage's class and each storage's connection pool (`NullPool`: a new connection per query)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    try:
+        ref = instance.get_ref().storage_data
+        out = {"dagster.yaml": f"{ref.module_name}.{ref.class_name}" if ref else "-"}
+        for name in ("run_storage", "event_log_storage", "schedule_storage"):
+            storage = getattr(instance, name)
+            pool = getattr(getattr(storage, "_engine", None), "pool", None)
+            out[name] = f"{type(storage).__name__} ({type(pool).__name__})"
+        return out
+    finally:
+        instance.dispose()
 
 
 @contextlib.contextmanager
@@ -520,9 +541,11 @@ def schema_template(tag: str, code: Code, env: dict, cwd: Path | None = None) ->
 
 @dataclass(frozen=True)
 class Config:
-    """WxC[mM][iSECONDS][t[K]][n]: W workers with --concurrency C; n: no dagster-daemon. The old
-    design's dequeue knobs (up to 961a9de only): max_concurrent_runs M (default W*C),
-    dequeue_interval_seconds (default dagster.yaml's), t: dequeue_use_threads, K dequeue workers (M)."""
+    """WxC[mM][iSECONDS][t[K]][n][p]: W workers with --concurrency C; n: no dagster-daemon; p: the
+    storage of dagster.yaml (etl_pipelines' PooledPostgresStorage, from 395484b) replaced by
+    bench_storage's, which dagster.yaml really builds. The old design's dequeue knobs (up to 961a9de
+    only): max_concurrent_runs M (default W*C), dequeue_interval_seconds (default dagster.yaml's),
+    t: dequeue_use_threads, K dequeue workers (M)."""
 
     workers: int
     concurrency: int
@@ -530,18 +553,22 @@ class Config:
     interval: float | None = None
     threads: int = 0
     daemon: bool = True
+    storage_fix: bool = False
 
     @classmethod
     def parse_list(cls, specs: str) -> list[Config]:
         configs = []
         for spec in filter(None, specs.split(",")):
-            m = re.fullmatch(r"(\d+)x(\d+)(?:m(\d+))?(?:i(\d+(?:\.\d*)?|\.\d+))?(t(\d+)?)?(n)?", spec.strip())
+            pattern = r"(\d+)x(\d+)(?:m(\d+))?(?:i(\d+(?:\.\d*)?|\.\d+))?(t(\d+)?)?(n)?(p)?"
+            m = re.fullmatch(pattern, spec.strip())
             if not m:
-                raise argparse.ArgumentTypeError(f"bad configuration {spec!r}: expected WxC[mM][iS][t[K]][n]")
+                raise argparse.ArgumentTypeError(
+                    f"bad configuration {spec!r}: expected WxC[mM][iS][t[K]][n][p]"
+                )
             runs = int(m[3]) if m[3] else None
             interval = float(m[4]) if m[4] else None
             threads = int(m[6] or runs or int(m[1]) * int(m[2])) * bool(m[5])
-            configs.append(cls(int(m[1]), int(m[2]), runs, interval, threads, not m[7]))
+            configs.append(cls(int(m[1]), int(m[2]), runs, interval, threads, not m[7], bool(m[8])))
         return configs
 
     @property
@@ -553,9 +580,8 @@ class Config:
         runs = f" m{self.max_runs or self.slots}" if queued else ""
         interval = "" if self.interval is None else f" i{self.interval:g}"
         threads = f" t{self.threads}" if self.threads else ""
-        return f"{self.workers}x{self.concurrency}{runs}{interval}{threads}" + " no daemon" * (
-            not self.daemon
-        )
+        text = f"{self.workers}x{self.concurrency}{runs}{interval}{threads}"
+        return text + " no daemon" * (not self.daemon) + " pooled-fix" * self.storage_fix
 
     @property
     def fractional(self) -> bool:
@@ -570,9 +596,13 @@ class Config:
             )
         if not code.queued_design and (self.max_runs or self.interval is not None or self.threads):
             raise ValueError(f"{self.label()}: {code.commit}'s EtlRunCoordinator has no dequeue settings")
+        if self.storage_fix and "PooledPostgresStorage" not in (code.root / "dagster.yaml").read_text():
+            raise ValueError(f"{self.label()}: {code.commit}'s dagster.yaml names no PooledPostgresStorage")
 
     def apply(self, instance: dict) -> None:
         """This configuration's coordinator settings, into a dagster.yaml dict (the old design's)."""
+        if self.storage_fix:  # the same config (the bench's database URL from ETL_DATABASE_URL)
+            instance["storage"]["custom"] |= {"module": "bench_storage", "class": "PooledPostgresStorage"}
         coordinator = instance["run_coordinator"]
         settings = coordinator.get("config")
         if not settings or "max_concurrent_runs" not in settings:
@@ -755,7 +785,7 @@ def stack_arguments(parser: argparse.ArgumentParser, count: int, configs: str, t
         "--count", type=int, default=count, help="measured jobs per configuration (%(default)s)"
     )
     parser.add_argument(
-        "--configs", type=Config.parse_list, default=configs, help="WxC[mM][iS][t[K]][n], ..."
+        "--configs", type=Config.parse_list, default=configs, help="WxC[mM][iS][t[K]][n][p], ..."
     )
     parser.add_argument("--warmup", type=int, help="jobs first, unmeasured (default: 2 per worker process)")
     parser.add_argument("--timeout", type=float, default=timeout, help="s per configuration (%(default)s)")
@@ -930,6 +960,7 @@ def run_stack(
                 "throughput_jobs_s": len(done) / window,
                 "started_window_s": t1 - min((s for _, s, _ in done), default=t0),
                 "dispatch": driven["dispatch"],
+                "instance_storage": driven.get("instance_storage", {}),
                 "dispatch_s": driven["t_dispatched"] - t0,
                 "cpu_ms_per_job": cpu,
                 "total_cpu_ms_per_job": per_job(sampler.cpu(ours, t0, t1), len(done)),
@@ -945,7 +976,20 @@ def run_stack(
             }
         )
         result["other_cores"] = result["machine_busy_cores"] - sum(result["cores"].values())
+        result["worker_split_ms_per_job"] = worker_split(sampler, groups, len(done))
         return result, sampler
+
+
+def worker_split(sampler: Sampler, groups: Sequence[Any], jobs: int) -> dict[str, float]:
+    """The workers' CPU per job (whole sampling, not the window: a little more than the window's)
+    split into the main `etl-jobs worker` processes (Celery's consumer) and their pool processes."""
+    roots = {g.process.pid for g in groups if g.name.startswith("worker")}
+    split = {"main": 0.0, "pool": 0.0}
+    for pid, info in sampler.pids.items():
+        if info["group"].startswith("worker") and "own" in info:
+            cpu = info["own"] - info["own0"] + info["children"] - info["children0"]
+            split["main" if pid in roots else "pool"] += cpu
+    return {k: per_job(v, jobs) for k, v in split.items()}
 
 
 def py_spy(groups: Sequence[Any], directory: Path, rate: int = 100) -> list[subprocess.Popen]:

@@ -48,7 +48,15 @@ def report(result: dict) -> str:
         ("record started → finished, median (ms)", lambda r: r["started_to_finished"]["median_ms"]),
         *harness.CPU_ROWS,
         *harness.COUNTER_ROWS,
+        (
+            "… workers: main processes / pool processes (ms per job, whole sampling)",
+            lambda r: "{main:.1f} / {pool:.1f}".format(**r["worker_split_ms_per_job"]),
+        ),
         ("**worker RSS / PSS, each (MB)**", harness.worker_memory),
+        (
+            "storage as dagster.yaml builds it: run / event-log storage (pool)",
+            lambda r: "{run_storage} / {event_log_storage}".format(**r["instance_storage"]),
+        ),
         ("processes per worker", lambda r: r["memory"]["worker1"]["processes"]),
     ]
     return harness.stack_report(f"Throughput, production stack ({result['count']} jobs)", result, rows)

@@ -72,3 +72,20 @@ def test_compose_worker_healthcheck_pings_the_worker_by_name() -> None:
     name = worker["command"][worker["command"].index("--name") + 1]
     assert name == "worker@%h" and "'worker@' + socket.gethostname()" in worker["healthcheck"]["test"][-1]
     assert "scale" not in worker and "container_name" not in worker  # scales with --scale worker=N
+
+
+def test_the_instance_dagster_yaml_builds_has_pooled_storage(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, pg_url: str
+) -> None:
+    """What dagster.yaml builds, not what it says: every process gets pooled storage connections
+    (dagster-postgres's from_config_value would build a plain, unpooled DagsterPostgresStorage)."""
+    import dagster as dg
+
+    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    clean_env.setenv("ETL_DATABASE_URL", pg_url)
+    clean_env.setenv("ETL_REDIS_URL", "redis://127.0.0.1:6379/0")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert getattr(instance.run_storage, "etl_pooled", False)  # set by PooledPostgresStorage
+        for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
+            assert type(storage._engine.pool).__name__ != "NullPool", storage
+        assert instance.get_runs_count() >= 0

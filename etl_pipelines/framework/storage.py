@@ -1,6 +1,9 @@
 """dagster-postgres's storage, with pooled connections in every process that opens the instance."""
 
+from typing import Any
+
 from dagster_postgres import DagsterPostgresStorage
+from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
 from etl_pipelines.framework._dagster_internal import POOLED, ConfigurableClassData, cache_schema_checks
 
@@ -26,9 +29,13 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         postgres_url: str,
         should_autocreate_tables: bool = True,
         inst_data: ConfigurableClassData | None = None,
+        token_provider: Any = None,
     ):
         super().__init__(
-            postgres_url=postgres_url, should_autocreate_tables=should_autocreate_tables, inst_data=inst_data
+            postgres_url=postgres_url,
+            should_autocreate_tables=should_autocreate_tables,
+            inst_data=inst_data,
+            token_provider=token_provider,
         )
         for storage in (self.run_storage, self.event_log_storage, self.schedule_storage):
             storage.optimize_for_webserver(
@@ -38,3 +45,25 @@ class PooledPostgresStorage(DagsterPostgresStorage):
             )
         cache_schema_checks(self.run_storage)
         setattr(self.run_storage, POOLED, True)
+        # DagsterInstance.dispose() disposes the run and event-log storages, which close nothing
+        # of a NullPool; pooled connections are closed with them (a test's database can be dropped).
+        dispose_run_storage = self.run_storage.dispose
+
+        def dispose() -> None:
+            dispose_run_storage()
+            for storage in (self.run_storage, self.event_log_storage, self.schedule_storage):
+                storage._engine.dispose()  # type: ignore[union-attr]
+
+        self.run_storage.dispose = dispose  # type: ignore[method-assign]
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Any
+    ) -> "PooledPostgresStorage":
+        # dagster-postgres's own returns a plain DagsterPostgresStorage, never a subclass.
+        return cls(
+            inst_data=inst_data,
+            postgres_url=pg_url_from_config(config_value),
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            token_provider=get_token_provider_from_config(config_value),
+        )
