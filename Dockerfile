@@ -11,3 +11,10 @@ COPY workspace.yaml ./
 # ETL_DATABASE_URL, the Celery run launcher on ETL_REDIS_URL.
 ENV DAGSTER_HOME=/opt/dagster/home
 COPY dagster.yaml /opt/dagster/home/dagster.yaml
+
+# Not root: the services write only DAGSTER_HOME (compute logs in its storage/ volume, which Docker
+# creates with this ownership) and read /opt/dagster/imports.
+RUN useradd --system --uid 10001 --home-dir /opt/dagster --no-create-home etl \
+    && mkdir -p /opt/dagster/home/storage /opt/dagster/imports \
+    && chown -R etl /opt/dagster
+USER etl

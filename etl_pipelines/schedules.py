@@ -79,7 +79,7 @@ def build_schedules(jobs: dict[str, dg.JobDefinition]) -> list[dg.ScheduleDefini
             "vacuum_analyze",
             "30 2 * * *",
             {},
-            "Every night at 02:30: VACUUM (ANALYZE) the whole target database.",
+            "Every night at 02:30: VACUUM (ANALYZE) every table of the allowed schemas.",
             default_status=dg.DefaultScheduleStatus.RUNNING,
         ),
         fixed(

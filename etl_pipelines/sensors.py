@@ -16,6 +16,7 @@ from etl_pipelines.framework.registry import get_job_type, job_types
 from etl_pipelines.framework.retries import run_due_retries, run_failed
 from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
 from etl_pipelines.lifecycle import events
+from etl_pipelines.lifecycle.bounds import scrub_error
 from etl_pipelines.resources import JobStoreResource
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStateError
@@ -23,7 +24,11 @@ from etl_pipelines.store.models import utcnow
 
 
 def post_alert(url: str, record: JobRecord) -> None:
-    """POST a failed job's record to the alert webhook as JSON."""
+    """POST a failed job's record to the alert webhook as JSON.
+
+    The error is the job table's, which JobStore scrubbed and bounded when it was written
+    (lifecycle.bounds); scrubbed again for records written before it did (scrubbing is idempotent).
+    """
     body = {
         "event": "job_failed",
         "job_id": record.id,
@@ -31,7 +36,7 @@ def post_alert(url: str, record: JobRecord) -> None:
         "queue": record.queue,
         "run_id": record.run_id,
         "status": record.status.value,
-        "error": record.error,
+        "error": scrub_error(record.error) if record.error is not None else None,
         "retry_count": record.retry_count,
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
     }

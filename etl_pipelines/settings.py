@@ -8,6 +8,11 @@ from pathlib import Path
 DEFAULT_QUEUES = ("high", "medium", "low", "default")
 DEFAULT_ALLOWED_SCHEMAS = ("auth",)
 DEFAULT_JOB_TIMEOUT = 300.0
+# How long the job table's writes keep retrying through a lost connection (a database restart, a
+# failover): an attempt's outcome is written late rather than lost, and a done import not run again.
+DEFAULT_OUTCOME_RETRY_SECONDS = 120.0
+# The largest result (JSON) the job table keeps; a larger one is kept as a summary (lifecycle.bounds).
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
 # The code location name in workspace.yaml; runs submitted by dispatch() carry it.
 LOCATION_NAME = "etl_pipelines"
 
@@ -63,6 +68,10 @@ class Settings:
     heartbeat_seconds: float
     recovery_grace_seconds: float
     retry_delays_by_type: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    # ETL_OUTCOME_RETRY_SECONDS: how long a job table write retries through a lost connection.
+    outcome_retry_seconds: float = DEFAULT_OUTCOME_RETRY_SECONDS
+    # ETL_MAX_RESULT_BYTES: the largest result (JSON, bytes) stored as it is.
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -96,6 +105,8 @@ class Settings:
             recovery_grace_seconds=_seconds(
                 "ETL_RECOVERY_GRACE_SECONDS", env.get("ETL_RECOVERY_GRACE_SECONDS"), 30.0
             ),
+            outcome_retry_seconds=outcome_retry_seconds(env),
+            max_result_bytes=max_result_bytes(env),
         )
 
     @property
@@ -116,6 +127,27 @@ class Settings:
         if not url:
             raise SettingsError(f"no database named {name!r}: set {variable}")
         return url
+
+
+def outcome_retry_seconds(env: Mapping[str, str]) -> float:
+    """ETL_OUTCOME_RETRY_SECONDS (0: a job table write is tried once)."""
+    name = "ETL_OUTCOME_RETRY_SECONDS"
+    return _seconds(name, env.get(name), DEFAULT_OUTCOME_RETRY_SECONDS)
+
+
+def max_result_bytes(env: Mapping[str, str]) -> int:
+    """ETL_MAX_RESULT_BYTES: a positive whole number of bytes."""
+    name = "ETL_MAX_RESULT_BYTES"
+    value = env.get(name)
+    if value is None or value == "":
+        return DEFAULT_MAX_RESULT_BYTES
+    try:
+        limit = int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number of bytes; got {value!r}") from None
+    if limit < 1:
+        raise SettingsError(f"{name} must be at least 1; got {value!r}")
+    return limit
 
 
 def _seconds(name: str, value: str | None, default: float) -> float:

@@ -347,3 +347,103 @@ def test_stack_runs_demo_batch_and_stops_cleanly(sqlite_deployment: Deployment) 
         assert leftovers
     finally:
         stack.stop()
+
+
+# -- paging, idempotency keys, defaults: in-process on a SQLite job table (fast tier) -------------
+
+
+@pytest.fixture
+def sqlite_jobs(clean_env: pytest.MonkeyPatch, tmp_path) -> JobStore:
+    """Five jobs (j0 oldest) in a SQLite job table that ETL_DATABASE_URL names; j0 has 4 events."""
+    from etl_pipelines.lifecycle import NewJob, RetrySchedule, events
+
+    url = f"sqlite:///{tmp_path / 'etl.sqlite'}"
+    clean_env.setenv("ETL_DATABASE_URL", url)
+    clean_env.setenv("DAGSTER_HOME", str(tmp_path))
+    store = JobStore(url)
+    for n in range(5):
+        job = NewJob(
+            id=f"j{n}",
+            job_type="fibonacci",
+            job_class="x.Fibonacci",
+            queue="low",
+            payload={"n": n},
+            schedule=RetrySchedule.explicit(()),
+        )
+        events.bootstrap(store, job, f"j{n}")
+    for n in range(3):
+        store.record_event("j0", f"note{n}", reason=f"note {n}")
+    return store
+
+
+def _run(*args: str):
+    from click.testing import CliRunner
+
+    from etl_pipelines.cli import cli
+
+    return CliRunner().invoke(cli, list(args), prog_name="etl-jobs")
+
+
+def test_list_pages_and_says_how_many_more(sqlite_jobs: JobStore) -> None:
+    first = _run("list", "--limit", "2", "--json")
+    assert first.exit_code == 0, first.output
+    assert [r["id"] for r in json.loads(first.stdout)] == ["j4", "j3"]
+    assert first.stderr == "1-2 of 5 jobs; 3 more: --offset 2\n"
+    last = _run("list", "--limit", "2", "--offset", "4", "--json")
+    assert [r["id"] for r in json.loads(last.stdout)] == ["j0"] and last.stderr == ""
+    past = _run("list", "--offset", "10", "--json")
+    assert json.loads(past.stdout) == [] and "nothing past --offset 10: 5 jobs in all" in past.stderr
+    table = _run("list", "--limit", "3", "--offset", "1")
+    assert [line.split()[0] for line in table.stdout.splitlines()[2:]] == ["j3", "j2", "j1"]
+    assert table.stderr == "2-4 of 5 jobs; 1 more: --offset 4\n"
+    whole = _run("list", "--json")  # the default page holds them all: nothing more to say
+    assert len(json.loads(whole.stdout)) == 5 and whole.stderr == ""
+    failed = _run("list-failed-jobs", "--offset", "1", "--json")
+    assert json.loads(failed.stdout) == [] and failed.stderr == ""  # none failed: nothing past
+
+
+def test_history_pages(sqlite_jobs: JobStore) -> None:
+    page = _run("history", "j0", "--limit", "2", "--offset", "1", "--json")
+    assert page.exit_code == 0, page.output
+    assert [e["action"] for e in json.loads(page.stdout)] == ["note0", "note1"]
+    assert page.stderr == "2-3 of 4 events; 1 more: --offset 3\n"
+    assert [e["action"] for e in json.loads(_run("history", "j0", "--json").stdout)] == [
+        "queued",
+        "note0",
+        "note1",
+        "note2",
+    ]
+    assert _run("history", "nope").exit_code == 1
+
+
+def test_dispatch_passes_the_idempotency_key(sqlite_jobs: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    # The module (etl_pipelines.framework exports its function under the same name).
+    dispatch_module = importlib.import_module("etl_pipelines.framework.dispatch")
+    calls: list[dict] = []
+
+    class Handle:
+        id = "j4"
+
+        def record(self):
+            return sqlite_jobs.require("j4")
+
+    def fake_dispatch(job_cls, **kwargs):
+        calls.append(kwargs)
+        return Handle()
+
+    monkeypatch.setattr(dispatch_module, "dispatch", fake_dispatch)
+    out = _run("dispatch", "fibonacci", "-p", "n=4", "--idempotency-key", "nightly-2026-12-02")
+    assert out.exit_code == 0, out.output
+    assert out.stdout == "j4\n"
+    assert calls == [{"queue": None, "idempotency_key": "nightly-2026-12-02", "n": "4"}]
+    _run("dispatch", "fibonacci", "-p", "n=4")
+    assert calls[-1]["idempotency_key"] is None
+
+
+def test_metrics_listens_on_localhost_unless_told() -> None:
+    from etl_pipelines.cli.commands import metrics
+
+    (host,) = [p for p in metrics.params if p.name == "host"]
+    assert host.default == "127.0.0.1"

@@ -66,6 +66,9 @@ def test_graphql_launch_run_gets_a_record(pg_deployment: Deployment) -> None:
         )["launchRun"]
         assert bad["__typename"] == "LaunchRunSuccess", bad
         bad_id = bad["run"]["runId"]
+        # Checked when submitted, as dispatch() checks it: failed before any worker saw it.
+        assert store.require(bad_id).status == JobStatus.FAILED
+        assert store.require(bad_id).started_at is None
         with pg_deployment.daemon():
             record = wait_final(store, run_id)
             bad_record = wait_final(store, bad_id)

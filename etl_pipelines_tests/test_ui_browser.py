@@ -3,6 +3,7 @@ succeeds, a failed run re-executed from failure; the job records follow. Screens
 are kept in $ETL_TEST_ARTIFACTS/ui (default ./test-artifacts/ui)."""
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -134,3 +135,40 @@ def test_launch_and_reexecute_from_the_ui(
         "06-reexecute-menu.png",
         "07-reexecuted-run.png",
     ]
+
+
+def test_a_fifty_megabyte_result_is_stored_truncated_and_its_run_page_loads(
+    sqlite_deployment: Deployment, browser: Browser
+) -> None:
+    """An aggregation whose groups make a 50 MB result: the job completes, the job table keeps a
+    bounded note with the full size, and the run's page in the UI still loads."""
+    import sqlalchemy as sa
+
+    from etl_pipelines import dispatch
+    from etl_pipelines.resources.database import TargetDatabase
+
+    groups = 450_000  # about 115 bytes of JSON per group: over 50 MB
+    with TargetDatabase().engine().begin() as connection:
+        connection.execute(sa.text("CREATE TABLE auth.wide (grp TEXT, val REAL)"))
+        connection.execute(
+            sa.text(
+                "INSERT INTO auth.wide WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                "WHERE i < :groups) SELECT printf('customer-%060d', i), i * 1.5 FROM n"
+            ),
+            {"groups": groups},
+        )
+    store = JobStore(sqlite_deployment.database_url)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    with sqlite_deployment.daemon(), sqlite_deployment.webserver() as url:
+        job = dispatch("data_aggregation", table="auth.wide", group_by="grp", value_column="val")
+        wait_for_jobs(store, [job.id], 240)
+        record = store.require(job.id)
+        assert record.status == JobStatus.COMPLETED, (record.status, record.error)
+        result = record.result
+        assert isinstance(result, dict) and result.get("truncated") is True, str(result)[:500]
+        assert result["size_bytes"] > 50_000_000
+        assert len(json.dumps(result)) <= 2 * 1024 * 1024
+        page.goto(f"{url}/runs/{job.id}")
+        run_status(page, "Success", "08-truncated-result-run")
+        page.get_by_placeholder("Filter…").fill("truncated")
+        expect(page.get_by_text("truncated").first).to_be_visible(timeout=60_000)

@@ -166,6 +166,11 @@ def cli() -> None:
 @click.option(
     "--timeout", type=click.FloatRange(0), default=None, help="With --wait: give up after this many s."
 )
+@click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    help="Dispatching again with the same KEY (after a timeout, say) gives the job the first call made.",
+)
 @clear_errors
 def dispatch(
     job_type: str,
@@ -175,6 +180,7 @@ def dispatch(
     as_json: bool,
     wait: bool,
     timeout: float | None,
+    idempotency_key: str | None,
 ) -> None:
     """Queue a job of JOB_TYPE and print its id (with --wait, follow it to its end)."""
     from etl_pipelines.cli import render
@@ -186,7 +192,7 @@ def dispatch(
     job_cls = get_job_type(job_type)
     if job_cls.destructive and not confirm:
         raise click.ClickException(f"{job_type} destroys data: add --confirm to dispatch it")
-    handle = dispatch_job(job_cls, queue=queue, **parse_params(params))
+    handle = dispatch_job(job_cls, queue=queue, idempotency_key=idempotency_key, **parse_params(params))
     if not as_json:
         click.echo(handle.id)
     if not wait:
@@ -217,17 +223,36 @@ def status(job_id: str, as_json: bool) -> None:
 
 
 def _list(
-    statuses: Sequence[str], queue: str | None, job_type: str | None, limit: int, as_json: bool
+    statuses: Sequence[str],
+    queue: str | None,
+    job_type: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
 ) -> None:
     from etl_pipelines.cli import render
     from etl_pipelines.store import JobStatus
 
     if job_type:
         check_job_type(job_type)
-    found = open_store().list(
-        statuses=[JobStatus(s) for s in statuses], queue=queue, job_type=job_type, limit=limit
-    )
+    jobs = open_store()
+    wanted = [JobStatus(s) for s in statuses]
+    found = jobs.list(statuses=wanted, queue=queue, job_type=job_type, limit=limit, offset=offset)
     render.show_records(found, as_json)
+    render.show_page(offset, len(found), lambda: jobs.count(statuses=wanted, queue=queue, job_type=job_type))
+
+
+# Pages: 50 rows unless asked (the newest, for list; the oldest events, for history), --offset on.
+LIMIT_OPTION = click.option(
+    "--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="At most this many."
+)
+OFFSET_OPTION = click.option(
+    "--offset",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Skip this many first (the next page: the offset printed on stderr).",
+)
 
 
 @cli.command("list")
@@ -236,25 +261,32 @@ def _list(
 )
 @click.option("--queue", help="Only this queue.")
 @click.option("--type", "job_type", help="Only this job type.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@LIMIT_OPTION
+@OFFSET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @clear_errors
 def list_jobs(
-    statuses: tuple[str, ...], queue: str | None, job_type: str | None, limit: int, as_json: bool
+    statuses: tuple[str, ...],
+    queue: str | None,
+    job_type: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
 ) -> None:
-    """List jobs, newest first."""
-    _list(statuses, queue, job_type, limit, as_json)
+    """List jobs, newest first, a page at a time (how many more: on stderr)."""
+    _list(statuses, queue, job_type, limit, offset, as_json)
 
 
 @cli.command("list-failed-jobs")
 @click.option("--queue", help="Only this queue.")
 @click.option("--type", "job_type", help="Only this job type.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@LIMIT_OPTION
+@OFFSET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @clear_errors
-def list_failed_jobs(queue: str | None, job_type: str | None, limit: int, as_json: bool) -> None:
-    """List failed jobs, newest first."""
-    _list(["failed"], queue, job_type, limit, as_json)
+def list_failed_jobs(queue: str | None, job_type: str | None, limit: int, offset: int, as_json: bool) -> None:
+    """List failed jobs, newest first, a page at a time (how many more: on stderr)."""
+    _list(["failed"], queue, job_type, limit, offset, as_json)
 
 
 @cli.command("retry-job")
@@ -361,14 +393,18 @@ def mark_completed(job_id: str, reason: str, actor: str | None) -> None:
 
 @cli.command()
 @click.argument("job_id")
+@LIMIT_OPTION
+@OFFSET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @clear_errors
-def history(job_id: str, as_json: bool) -> None:
-    """A job's audit trail: every status change and manual action, oldest first."""
+def history(job_id: str, limit: int, offset: int, as_json: bool) -> None:
+    """A job's audit trail: every status change and manual action, oldest first, a page at a time."""
     from etl_pipelines.cli import render
 
-    events = open_store().history(job_id)
+    jobs = open_store()
+    events = jobs.history(job_id, limit=limit, offset=offset)
     render.show_records(events, as_json, render.HISTORY_COLUMNS, empty="no events")
+    render.show_page(offset, len(events), lambda: jobs.count_history(job_id), noun="events")
 
 
 @cli.command("recover")
@@ -415,7 +451,12 @@ def stats(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Where to listen (0.0.0.0: every interface, for a scraper on another host or container).",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=9464, show_default=True)
 @clear_errors
 def metrics(host: str, port: int) -> None:

@@ -5,7 +5,7 @@ Imported by the commands that print one of these (rich costs ~50 ms to import: `
 
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -100,6 +100,26 @@ def show_records(
         show(records_table(found, columns))
     else:
         click.echo(empty, err=True)
+
+
+def page_note(offset: int, shown: int, total: int, noun: str = "jobs") -> str | None:
+    """Where a page is in the whole and how to get the next (None: nothing more to say)."""
+    after = offset + shown
+    if shown and after < total:
+        return f"{offset + 1}-{after} of {total} {noun}; {total - after} more: --offset {after}"
+    if not shown and offset and total:
+        return f"nothing past --offset {offset}: {total} {noun} in all"
+    return None
+
+
+def show_page(offset: int, shown: int, total: Callable[[], int], noun: str = "jobs") -> None:
+    """The page note on stderr (stdout stays the rows or the JSON array). `total` is asked for
+    only when the page may not be the whole: a full page, or an empty one past the start."""
+    if not shown and not offset:
+        return
+    note = page_note(offset, shown, total(), noun)
+    if note:
+        click.echo(note, err=True)
 
 
 def show_record(found: JobRecord, as_json: bool) -> None:

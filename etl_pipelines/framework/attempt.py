@@ -7,6 +7,7 @@ import logging
 import math
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -14,10 +15,12 @@ import sqlalchemy as sa
 
 from etl_pipelines.errors import JobTimeoutError, NonRetryableError
 from etl_pipelines.framework.base import BaseJob, JobContext
+from etl_pipelines.framework.fence import AttemptSession, application_name, is_postgresql
 from etl_pipelines.framework.launch import hand_on
 from etl_pipelines.framework.retries import schedule_due_retry
 from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
-from etl_pipelines.lifecycle import RetrySchedule, events
+from etl_pipelines.lifecycle import RetrySchedule, admission, events
+from etl_pipelines.lifecycle.bounds import bounded_result, is_truncated, scrub_error
 from etl_pipelines.resources import JobStoreResource, TargetDatabase
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStateError, JobStore
@@ -26,11 +29,26 @@ logger = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    """While in the block, write the job's heartbeat every `interval` s from a background thread."""
+    """While in the block, write the job's heartbeat every `interval` s from a background thread.
 
-    def __init__(self, store: JobStore, job_id: str, run_id: str, interval: float):
-        self._beat = functools.partial(store.heartbeat, job_id, run_id)
+    A beat the job table refuses (the job is no longer on this run: recovery gave up on it) calls
+    `on_lost` once, which stops the attempt's work in the target (its fenced session gives up).
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        run_id: str,
+        interval: float,
+        on_lost: Callable[[str], None] | None = None,
+    ):
+        # A beat lost to a database blip is not retried for long: the next one is due anyway, and
+        # the attempt's end must not wait for a beat stuck in retries.
+        self._beat = functools.partial(store.heartbeat, job_id, run_id, retry_seconds=interval)
         self._job_id = job_id
+        self._on_lost = on_lost
+        self.lost = False
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
@@ -38,12 +56,18 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                if not self._beat():
+                if not self._beat() and not self.lost:
                     # Recovery judged this attempt lost and moved the job on: our outcome will be
-                    # refused (JobStateError), the job's record stays what recovery decided.
+                    # refused (JobStateError), the job's record stays what recovery decided, and
+                    # the work stops now rather than beside the job's next attempt.
+                    self.lost = True
                     logger.warning(
-                        "job %s is no longer on this run; its outcome will not be recorded", self._job_id
+                        "job %s is no longer on this run; stopping its work, its outcome will not "
+                        "be recorded",
+                        self._job_id,
                     )
+                    if self._on_lost is not None:
+                        self._on_lost(f"job {self._job_id} is no longer on this run")
             except Exception:  # a missed beat is retried at the next interval
                 logger.warning("heartbeat of a running job failed", exc_info=True)
 
@@ -74,6 +98,10 @@ def run_attempt(
     events.bootstrap(store, job_cls.new_job(job_id, queue, job.model_dump(mode="json"), settings), run.run_id)
     # JobStateError unless this run is the job's queued run: then nothing runs.
     record = events.started(store, job_id, run.run_id)
+    name = application_name(run.run_id, job_cls.job_type())
+    # The attempt's target work goes through one fenced session, made on first use (fence.py).
+    target_url = settings.target_database_url
+    session = AttemptSession(target_url, name) if is_postgresql(target_url) else None
     ctx = JobContext(
         job_id=job_id,
         run_id=run.run_id,
@@ -82,10 +110,14 @@ def run_attempt(
         database=database,
         settings=settings,
         timeout=job_cls.timeout(settings),
+        session=session,
+        application_name=name,
     )
     try:
         return _attempt(context, job, store, record, ctx, schedule)
     finally:
+        if session is not None:
+            session.close()  # its table lock goes with it, before the table is handed on
         # The attempt is over: the next run waiting for its table starts now, not when this run
         # has finished its bookkeeping.
         hand_on(context.instance, store, run.run_id)
@@ -99,14 +131,25 @@ def _attempt(
     ctx: JobContext,
     schedule: RetrySchedule,
 ) -> Any:
-    settings, run, job_id = ctx.settings, context.run, ctx.job_id
+    settings, run, job_id, session = ctx.settings, context.run, ctx.job_id, ctx.session
+    on_lost = None if session is None else session.lose
     try:
-        with Heartbeat(store, job_id, run.run_id, settings.heartbeat_seconds):
+        with Heartbeat(store, job_id, run.run_id, settings.heartbeat_seconds, on_lost=on_lost):
             job.validate_input(settings)
+            target = job.target()
             try:
+                if session is not None and target is not None:
+                    # Before any work: the table's previous attempt, if recovery gave up on it
+                    # while it still ran, must be gone (its session ended) before this one works.
+                    session.lock(admission.table_key(target, settings.target_dialect), context.log.warning)
                 output = job.handle(ctx)
-            except sa.exc.DBAPIError as exc:
-                raise classify_database_error(exc, ctx.timeout) from exc
+            except sa.exc.StatementError as exc:  # DBAPIError, or FenceLost wrapped by SQLAlchemy
+                fenced = None if session is None else session.fence_error(exc)
+                if fenced is not None:
+                    raise fenced from exc
+                if isinstance(exc, sa.exc.DBAPIError):
+                    raise classify_database_error(exc, ctx.timeout) from exc
+                raise
             try:
                 result = to_json(output)
             except (TypeError, ValueError) as exc:
@@ -140,10 +183,12 @@ def _attempt(
             # A worker starts the retry at its due time; the sensor if that timer is lost.
             schedule_due_retry(context.instance, after)
         raise
+    # A result past ETL_MAX_RESULT_BYTES is kept as a summary, in the job table and on the run's
+    # page alike (a 50 MB table in the event log would stop the UI from loading the run).
+    result = bounded_result(result, settings.max_result_bytes)
     events.completed(store, job_id, run.run_id, result)
-    context.add_output_metadata(
-        {"job_id": job_id, "result": result_metadata(result), **job.result_metadata(result)}
-    )
+    shown = {} if is_truncated(result) else job.result_metadata(result)
+    context.add_output_metadata({"job_id": job_id, "result": result_metadata(result), **shown})
     return result
 
 
@@ -172,7 +217,8 @@ def classify_database_error(exc: sa.exc.DBAPIError, timeout: float) -> Exception
     if code == "57014" and "statement timeout" in str(exc.orig):
         return JobTimeoutError(f"a statement ran past the job's timeout of {timeout:g} s and was cancelled")
     if code[:2] in _PERMANENT_SQLSTATE_CLASSES:
-        return DatabaseInputError(f"{type(exc.orig).__name__}: {str(exc.orig).strip()}")
+        # PostgreSQL's DETAIL may quote row values: scrubbed here, before Dagster's event log.
+        return DatabaseInputError(scrub_error(f"{type(exc.orig).__name__}: {str(exc.orig).strip()}"))
     return exc
 
 

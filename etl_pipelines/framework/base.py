@@ -11,12 +11,13 @@ import pydantic
 import sqlalchemy as sa
 
 from etl_pipelines.errors import JobInputError
-from etl_pipelines.identifiers import TableName
+from etl_pipelines.identifiers import allowed_table
 from etl_pipelines.lifecycle import NewJob, RetrySchedule
 from etl_pipelines.settings import Settings
 
 if TYPE_CHECKING:
     from etl_pipelines.framework.dispatch import JobHandle
+    from etl_pipelines.framework.fence import AttemptSession
     from etl_pipelines.resources.database import TargetDatabase
 
 
@@ -37,18 +38,34 @@ class JobContext:
     database: "TargetDatabase"
     settings: Settings
     timeout: float  # seconds; PostgreSQL cancels a statement that runs longer
+    # The attempt's one fenced session in a PostgreSQL target (framework/fence.py): every
+    # connect()/begin()/autocommit() on the target uses it. None: the target is not PostgreSQL
+    # (or no attempt runs), and the target's pooled connections are used.
+    session: "AttemptSession | None" = None
+    # application_name of the attempt's connections to other databases (PostgreSQL sources).
+    application_name: str | None = None
 
     def connect(self, url: str | None = None) -> AbstractContextManager[sa.Connection]:
         """A connection to the target (or `url`) with the job's statement timeout; commit as you go."""
-        return self.database.connect(self.timeout, url=url)
+        if url is None and self.session is not None:
+            return self.session.use(self.timeout)
+        return self.database.connect(self.timeout, url=url, application_name=self.application_name)
 
     def begin(self, url: str | None = None) -> AbstractContextManager[sa.Connection]:
         """One transaction on the target (or `url`) with the job's statement timeout."""
-        return self.database.connect(self.timeout, url=url, transaction=True)
+        if url is None and self.session is not None:
+            return self.session.use(self.timeout, transaction=True)
+        return self.database.connect(
+            self.timeout, url=url, transaction=True, application_name=self.application_name
+        )
 
     def autocommit(self, url: str | None = None) -> AbstractContextManager[sa.Connection]:
         """A connection outside any transaction (VACUUM, REINDEX CONCURRENTLY need one)."""
-        return self.database.connect(self.timeout, url=url, autocommit=True)
+        if url is None and self.session is not None:
+            return self.session.use(self.timeout, autocommit=True)
+        return self.database.connect(
+            self.timeout, url=url, autocommit=True, application_name=self.application_name
+        )
 
 
 # What the design asks of every job type unless it declares otherwise: 3 retries, exponential
@@ -75,9 +92,8 @@ class BaseJob(dg.Config):
     # sleeps), never given to the op (Dagster would retry in memory). ETL_RETRY_DELAYS_<JOB_TYPE>
     # wins over a declared policy; ETL_RETRY_DELAYS only over the default one.
     retry_policy: ClassVar[dg.RetryPolicy] = DEFAULT_RETRY_POLICY
-    # Destructive job types change or remove data: their target table must be schema-qualified
-    # and in ETL_ALLOWED_SCHEMAS (checked before any SQL runs), and `etl-jobs dispatch` asks for
-    # --confirm.
+    # Destructive job types change or remove data: `etl-jobs dispatch` asks for --confirm. (Every
+    # job type, destructive or not, touches only tables in ETL_ALLOWED_SCHEMAS: see tables().)
     destructive: ClassVar[bool] = False
     # Seconds a statement may run; None means ETL_JOB_TIMEOUT (default 300), 0 means no limit.
     timeout_seconds: ClassVar[float | None] = None
@@ -92,11 +108,18 @@ class BaseJob(dg.Config):
     def validate_input(self, settings: Settings) -> None:
         """Check parameters beyond their types (identifiers, schemas); raise JobInputError.
 
-        Overrides call super(): a destructive job's target is checked here, for every job type.
+        Overrides call super(): every table of tables() is checked here by the one rule
+        (identifiers.allowed_table: schema-qualified, in ETL_ALLOWED_SCHEMAS, never a system
+        catalog, Dagster's storage or the job table), for every job type, before any SQL runs.
         """
+        for table in self.tables():
+            allowed_table(table, settings.allowed_schemas)
+
+    def tables(self) -> list[str]:
+        """Every table of the target database this job's parameters name (its target, by
+        default); types that name more (archive_old_rows' archive table) add theirs."""
         target = self.target()
-        if self.destructive and target is not None:
-            TableName.parse(target).check_schema(settings.allowed_schemas)
+        return [target] if target is not None else []
 
     def result_metadata(self, result: Any) -> dict[str, dg.MetadataValue]:
         """How the result appears on the run in the Dagster UI (override for tables, counts)."""
@@ -182,11 +205,14 @@ class BaseJob(dg.Config):
             raise JobInputError(f"{cls.job_type()}: {_describe(exc)}") from None
 
     @classmethod
-    def dispatch(cls, *, queue: str | None = None, **params: Any) -> "JobHandle":
-        """Queue a job of this type and return at once with its handle (`.id`)."""
+    def dispatch(
+        cls, *, queue: str | None = None, idempotency_key: str | None = None, **params: Any
+    ) -> "JobHandle":
+        """Queue a job of this type and return at once with its handle (`.id`); a repeated
+        `idempotency_key` returns the job it first made."""
         from etl_pipelines.framework.dispatch import dispatch
 
-        return dispatch(cls, queue=queue, **params)
+        return dispatch(cls, queue=queue, idempotency_key=idempotency_key, **params)
 
 
 def _describe(exc: pydantic.ValidationError) -> str:

@@ -3,12 +3,14 @@
 Every path that submits a run goes through the instance's run coordinator: dispatch(), the UI
 launchpad and re-execution, GraphQL `launchRun`, `dagster job launch`, schedules, sensors, due
 retries and recovery. Here a run is admitted for its job (lifecycle.events.admit_run: record made
-or followed, queue checked, or the run refused), its tags are set from its config (queue,
-priority, target table, time limit: never taken from the launch), it is marked QUEUED, and, unless
-another run holds its target table (lifecycle.admission), its task goes to its Celery priority
-queue in the same call. Celery's queues hold the backlog, strictly by priority; no daemon tick is
-on the path. A run waiting for its table stays QUEUED and is handed to Celery by whoever ends the
-holder's attempt (`hand_on`).
+or followed, queue checked, or the run refused; a run takes an existing job only as one of its
+runs or a re-execution of its current run, whatever its etl/job_id says), its parameters are
+checked as dispatch() checks them (a new job with bad ones fails at once, no op runs), its tags
+are set from its config (queue, priority, target table, time limit: never taken from the launch),
+it is marked QUEUED, and, unless another run holds its target table (lifecycle.admission), its
+task goes to its Celery priority queue in the same call. Celery's queues hold the backlog,
+strictly by priority; no daemon tick is on the path. A run waiting for its table stays QUEUED and
+is handed to Celery by whoever ends the holder's attempt (`hand_on`).
 
 Until a worker takes it, a run is QUEUED, not STARTING: Dagster's run monitoring times out only
 runs that are starting, so no backlog, however deep, fails a run for waiting (the worker marks it
@@ -22,13 +24,24 @@ from typing import Any
 
 import dagster as dg
 
+from etl_pipelines.errors import JobInputError
 from etl_pipelines.framework._dagster_internal import ConfigurableClass, ConfigurableClassData, RunCoordinator
+from etl_pipelines.framework.base import BaseJob
 from etl_pipelines.framework.launch import hand_on, start, start_holder
 from etl_pipelines.framework.op import params_of
 from etl_pipelines.framework.registry import job_types
-from etl_pipelines.framework.tags import JOB_ID_TAG, PRIORITY_TAG, QUEUE_TAG, TARGET_TAG, job_id_of, run_tags
+from etl_pipelines.framework.tags import (
+    JOB_ID_TAG,
+    MAX_RUNTIME_TAG,
+    PRIORITY_TAG,
+    QUEUE_TAG,
+    RUNTIME_TAGS,
+    TARGET_TAG,
+    job_id_of,
+    run_tags,
+)
 from etl_pipelines.identifiers import IdentifierError
-from etl_pipelines.lifecycle import Refused, admission, events
+from etl_pipelines.lifecycle import ForeignJob, Refused, admission, events
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStateError, JobStatus, JobStore
 
@@ -96,11 +109,16 @@ class EtlRunCoordinator(RunCoordinator, ConfigurableClass):
 
 def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun, settings: Settings) -> dg.DagsterRun:
     """Admit the run for its job and set its job id, queue, priority, target and time limit from its
-    config (a launch's own values for these are overwritten); a refused run is failed with the reason."""
+    config (a launch's own values for these are overwritten); a refused run is failed with the reason.
+
+    The parameters are checked here as dispatch() checks them (pydantic, then validate_input), for
+    every path: a launch with bad parameters fails at once, its job too, and no op runs for it.
+    """
     job_cls = job_types()[run.job_name]
     queue = run.tags.get(QUEUE_TAG) or job_cls.queue
     job_id = job_id_of(run)
     payload = params_of(job_cls, run.run_config)
+    job, problem = checked_job(job_cls, payload, settings)
     store = JobStore(settings.database_url)
     try:
         events.admit_run(
@@ -109,14 +127,15 @@ def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun, settings: Set
             run.run_id,
             parent_run_id=run.parent_run_id,
             queues=settings.queues,
+            problem=problem,
         )
     except Refused as exc:
+        if isinstance(exc, ForeignJob):
+            # The job's runs are found by this tag (UI, tests): a run refused for naming a job
+            # it does not belong to is listed as a job of its own (its message names the other).
+            instance.add_run_tags(run.run_id, {JOB_ID_TAG: run.run_id})
         instance.report_run_failed(run, message=str(exc))
         return instance.get_run_by_id(run.run_id) or run
-    try:
-        job = job_cls(**payload)
-    except Exception:  # bad config: the op reports it; no target to wait for
-        job = None
     tags = run_tags(job, job_cls, queue, settings)
     if TARGET_TAG in tags:
         try:
@@ -127,10 +146,29 @@ def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun, settings: Set
     changed = {key: value for key, value in wanted.items() if run.tags.get(key) != value}
     if TARGET_TAG in run.tags and TARGET_TAG not in wanted:
         changed[TARGET_TAG] = ""  # a launch's own target for a job that has none
+    if MAX_RUNTIME_TAG not in wanted and any(run.tags.get(key) for key in RUNTIME_TAGS):
+        # A job type without a limit of its own: a launch's own limit (Dagster's run monitoring
+        # reads dagster/max_runtime, else dagster/max_runtime_seconds) would end its runs early or
+        # never. Emptied, the instance's run_monitoring.max_runtime_seconds applies, as to any run
+        # without one. (Tags cannot be removed, only overwritten.)
+        changed[MAX_RUNTIME_TAG] = ""
     if changed:
         instance.add_run_tags(run.run_id, changed)
         run = instance.get_run_by_id(run.run_id) or run
     return run
+
+
+def checked_job(
+    job_cls: type[BaseJob], payload: dict[str, Any], settings: Settings
+) -> tuple[BaseJob | None, str | None]:
+    """The job a run's parameters make, checked as dispatch() checks them, or None and what is
+    wrong ("JobInputError: ...", as the op would have recorded it)."""
+    try:
+        job = job_cls.from_params(payload)
+        job.validate_input(settings)
+    except JobInputError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    return job, None
 
 
 def admit(instance: dg.DagsterInstance, run: dg.DagsterRun, store: JobStore) -> None:
@@ -170,6 +208,10 @@ def cancel_job(
         )
     if not instance.run_coordinator.cancel_run(run.run_id):
         raise JobStateError(f"run {run.run_id} of job {job_id} could not be cancelled (it ended meanwhile)")
-    with contextlib.suppress(JobStateError):  # the coordinator cancelled it already (a waiting run)
-        events.cancelled(store, job_id, run.run_id, actor=actor, reason=reason)
+    after = instance.get_run_by_id(run.run_id)
+    if after is not None and after.status == dg.DagsterRunStatus.CANCELED:
+        with contextlib.suppress(JobStateError):  # the coordinator cancelled it already (a waiting run)
+            events.cancelled(store, job_id, run.run_id, actor=actor, reason=reason)
+    # Still CANCELING: its attempt has not confirmed it stopped; the op records the cancellation
+    # when it does (reported only once the attempt can do nothing more).
     return store.require(job_id)

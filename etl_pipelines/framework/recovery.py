@@ -5,6 +5,11 @@ what should. This module gathers the first two into a lifecycle RunSnapshot per 
 `lifecycle.diagnose` judge (the table of what is found and what is done lives there), claims the
 job as it was seen, and carries the verdict out in Dagster. Two recoverers (the job_recovery sensor
 and `etl-jobs recover`), or a worker starting the job meanwhile, never lead to two runs.
+
+An attempt judged lost may still be alive (a paused process, a worker cut off from the job
+table): before its job moves on, recovery stops it (diagnosis's Finding.stop): its Celery task is
+revoked and its sessions in the target database are ended, so it cannot work beside its retry
+(framework/fence.py; the retry also waits for the table's lock).
 """
 
 import logging
@@ -14,9 +19,10 @@ import dagster as dg
 import redis
 
 from etl_pipelines.framework._dagster_internal import run_submitter
+from etl_pipelines.framework.fence import end_sessions, is_postgresql
 from etl_pipelines.framework.launch import hand_on, start
 from etl_pipelines.framework.retries import Action, run_failed, submit_new_run
-from etl_pipelines.lifecycle import RunSnapshot, RunState, Verdict, admission, diagnose, events
+from etl_pipelines.lifecycle import Finding, RunSnapshot, RunState, Verdict, admission, diagnose, events
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStateError, JobStore
 from etl_pipelines.store.models import utcnow
@@ -61,7 +67,7 @@ def recover(
                 continue
             events.claim_recovery(store, record, finding.detail)
             run = run_record.dagster_run if run_record is not None else None
-            actions.append(_repair(instance, store, settings, record, run, finding.verdict, finding.detail))
+            actions.append(_repair(instance, store, settings, record, run, finding))
         except JobStateError:
             continue  # it moved on while we looked: a worker started it, a sensor retried it
         except redis.RedisError:
@@ -113,15 +119,37 @@ def _release_ended_holders(instance: dg.DagsterInstance, store: JobStore) -> lis
     return actions
 
 
+def stop_attempt(instance: dg.DagsterInstance, settings: Settings, run_id: str) -> str:
+    """Stop what may still run of `run_id`'s attempt before its job moves on: its sessions in the
+    target database ended, its Celery task revoked. What was done, for the action's detail.
+
+    Best effort: a session that cannot be ended (the target unreachable from here) still holds the
+    table's lock, and the job's next attempt waits for it.
+    """
+    url = settings.target_database_url
+    stop = getattr(instance.run_launcher, "stop_attempt", None)
+    try:
+        ended = stop(run_id, url) if stop is not None else end_sessions(url, run_id)
+    except Exception as exc:  # the broker or the target cannot be reached: the lock still fences
+        logger.warning("could not stop the attempt of run %s: %s", run_id, exc)
+        return f"could not stop run {run_id} ({type(exc).__name__}: {exc}); its table lock fences it"
+    if not is_postgresql(url):
+        return f"run {run_id} stopped (a SQLite target has no sessions to end)"
+    return f"ended {len(ended)} session(s) of run {run_id}"
+
+
 def _repair(
     instance: dg.DagsterInstance,
     store: JobStore,
     settings: Settings,
     record: JobRecord,
     run: dg.DagsterRun | None,
-    verdict: Verdict,
-    detail: str,
+    finding: Finding,
 ) -> Action:
+    verdict, detail = finding.verdict, finding.detail
+    if finding.stop is not None:
+        # Before anything lets the job move on: the next attempt must find it gone.
+        detail = f"{detail}; {stop_attempt(instance, settings, finding.stop)}"
     if verdict == Verdict.SUBMIT and run is not None:
         run_submitter(instance).submit_created(run)
         store.record_event(record.id, "recovered", reason=detail)

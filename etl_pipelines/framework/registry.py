@@ -8,8 +8,8 @@ import pkgutil
 from etl_pipelines.errors import UnknownJobTypeError
 from etl_pipelines.framework.base import BaseJob
 
-# dispatch()'s own keyword, and BaseJob's attributes, cannot be parameter names.
-RESERVED_NAMES = {"queue"} | {name for name in dir(BaseJob) if not name.startswith("_")}
+# dispatch()'s own keywords, and BaseJob's attributes, cannot be parameter names.
+RESERVED_NAMES = {"queue", "idempotency_key"} | {name for name in dir(BaseJob) if not name.startswith("_")}
 
 
 @functools.cache

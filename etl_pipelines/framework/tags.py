@@ -15,6 +15,8 @@ JOB_TYPE_TAG = "etl/job_type"
 TARGET_TAG = "etl/target"
 # Dagster's run monitoring fails a run still going after this many seconds.
 MAX_RUNTIME_TAG = "dagster/max_runtime"
+# Where Dagster's run monitoring reads a run's limit: the first tag present (even empty) wins.
+RUNTIME_TAGS = (MAX_RUNTIME_TAG, "dagster/max_runtime_seconds")
 
 __all__ = [
     "JOB_ID_TAG",
@@ -22,6 +24,7 @@ __all__ = [
     "MAX_RUNTIME_TAG",
     "PRIORITY_TAG",
     "QUEUE_TAG",
+    "RUNTIME_TAGS",
     "TARGET_TAG",
     "job_id_of",
     "run_tags",

@@ -6,8 +6,27 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from etl_pipelines.framework import BaseJob, JobContext, JobInputError
-from etl_pipelines.identifiers import TableName, check_identifier
+from etl_pipelines.identifiers import TableName, allowed_table, check_identifier
+from etl_pipelines.lifecycle.admission import table_key
 from etl_pipelines.settings import Settings
+
+
+def key_is_unique(inspector: sa.Inspector, table: TableName, column: str) -> bool:
+    """Does a primary key, unique constraint or (whole, non-partial) unique index hold `column`
+    alone? JobInputError if the table does not exist."""
+    try:
+        primary = inspector.get_pk_constraint(table.name, schema=table.schema)["constrained_columns"]
+    except sa.exc.NoSuchTableError:
+        raise JobInputError(f"no table {table}") from None
+    unique: list[list[Any]] = [
+        u["column_names"] for u in inspector.get_unique_constraints(table.name, schema=table.schema)
+    ]
+    indexes: list[list[Any]] = [
+        i["column_names"]
+        for i in inspector.get_indexes(table.name, schema=table.schema)
+        if i["unique"] and not i.get("dialect_options", {}).get("postgresql_where")
+    ]
+    return any(columns == [column] for columns in [primary, *unique, *indexes])
 
 
 class ArchiveOldRows(BaseJob):
@@ -35,20 +54,34 @@ class ArchiveOldRows(BaseJob):
             return TableName.parse(self.archive_table)
         return TableName(source.schema, check_identifier(f"{source.name}_archive", "table name"))
 
+    def tables(self) -> list[str]:
+        return [self.table, str(self.archive())]
+
     def validate_input(self, settings: Settings) -> None:
-        super().validate_input(settings)  # the target: schema-qualified, in an allowed schema
-        self.archive().check_schema(settings.allowed_schemas)
+        super().validate_input(settings)  # table and archive: schema-qualified, in allowed schemas
+        # One table as the target database sees it (SQLite folds case): moving rows into the table
+        # they come from would copy each batch and then delete both copies.
+        dialect = settings.target_dialect
+        if table_key(str(self.archive()), dialect) == table_key(self.table, dialect):
+            raise JobInputError(f"archive_table {self.archive()} is the table archived from ({self.table})")
         check_identifier(self.timestamp_column, "column name")
         check_identifier(self.key_column, "column name")
 
     def handle(self, ctx: JobContext) -> dict[str, Any]:
-        source = TableName.parse(self.table).check_schema(ctx.settings.allowed_schemas)
-        archive = self.archive().check_schema(ctx.settings.allowed_schemas)
+        source = allowed_table(self.table, ctx.settings.allowed_schemas)
+        archive = allowed_table(str(self.archive()), ctx.settings.allowed_schemas)
         # One cutoff for the whole run, naive UTC so it compares alike with timestamp columns.
         cutoff = (datetime.now(UTC) - timedelta(days=self.older_than_days)).replace(tzinfo=None)
         moved = batches = 0
         with ctx.begin() as connection:
             src, dst = source.quoted(connection.dialect), archive.quoted(connection.dialect)
+            # Batches select and delete by key: a key shared by two rows would move a row that is
+            # not old with an old one. Refused before anything is created or moved.
+            if not key_is_unique(sa.inspect(connection), source, self.key_column):
+                raise JobInputError(
+                    f"key_column {self.key_column!r} is not unique in {source}: give a column with a "
+                    "primary key, unique constraint or unique index of its own"
+                )
             if connection.dialect.name == "postgresql":
                 connection.execute(
                     sa.text(f"CREATE TABLE IF NOT EXISTS {dst} (LIKE {src} INCLUDING DEFAULTS)")

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from etl_pipelines.framework import BaseJob, JobContext
-from etl_pipelines.identifiers import TableName, check_identifier
+from etl_pipelines.identifiers import allowed_table, check_identifier
 from etl_pipelines.settings import Settings
 
 
@@ -15,13 +15,15 @@ class DataAggregation(BaseJob):
 
     queue: ClassVar[str] = "medium"
 
-    table: str = Field(default="auth.users", description="Table to read, as table or schema.table.")
+    table: str = Field(
+        default="auth.users", description="schema.table to read; the schema must be in ETL_ALLOWED_SCHEMAS."
+    )
     group_by: str = Field(default="department", description="Column to group by.")
     value_column: str = Field(default="salary", description="Numeric column summed per group.")
     descending: bool = Field(default=True, description="Largest total first.")
 
     def validate_input(self, settings: Settings) -> None:
-        TableName.parse(self.table)
+        super().validate_input(settings)  # the table: schema-qualified, in an allowed schema
         check_identifier(self.group_by, "column name")
         check_identifier(self.value_column, "column name")
 
@@ -37,7 +39,7 @@ class DataAggregation(BaseJob):
         with ctx.connect() as connection:
             preparer = connection.dialect.identifier_preparer
             group, value = preparer.quote(self.group_by), preparer.quote(self.value_column)
-            table = TableName.parse(self.table).quoted(connection.dialect)
+            table = allowed_table(self.table, ctx.settings.allowed_schemas).quoted(connection.dialect)
             frame = pd.read_sql_query(
                 sa.text(f"SELECT {group} AS grp, {value} AS val FROM {table}"),  # noqa: S608 (quoted identifiers)
                 connection,

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from etl_pipelines.framework import BaseJob, JobContext, JobInputError
-from etl_pipelines.identifiers import TableName, check_identifier
+from etl_pipelines.identifiers import allowed_table, check_identifier, check_source_table
 from etl_pipelines.settings import Settings, SettingsError
 
 # Column types a load may declare, and the SQL type a created target table gets for each.
@@ -22,6 +22,9 @@ COLUMN_TYPES: dict[str, sa.types.TypeEngine] = {
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 INSERT_CHUNK = 5_000
+# A few bad lines in a large export are loaded around and counted; more than one row in ten is
+# a broken file (wrong delimiter, shifted columns, another export's layout), not dirty data.
+DEFAULT_MAX_REJECTED_SHARE = 0.1
 
 
 def typed_column(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
@@ -76,7 +79,17 @@ class DataImport(BaseJob):
         default_factory=list,
         description="Rows with equal keys are duplicates (the first is kept); empty: whole rows.",
     )
-    replace: bool = Field(default=False, description="Delete the target's rows before loading.")
+    replace: bool = Field(
+        default=False, description="Delete the target's rows before loading (refused with no rows to load)."
+    )
+    max_rejected_share: float = Field(
+        default=DEFAULT_MAX_REJECTED_SHARE,
+        ge=0,
+        le=1,
+        description="Refuse the load, leaving the target unchanged, when more than this share of "
+        "the rows read is rejected (unparseable values, malformed lines); 0: any rejected row, "
+        "1: never.",
+    )
     aggregate_by: str | None = Field(
         default=None,
         description="After success, the aggregate_after_import sensor queues a data_aggregation "
@@ -96,7 +109,7 @@ class DataImport(BaseJob):
         if self.source_table is not None:
             if not self.source_database:
                 raise JobInputError("source_table needs source_database")
-            TableName.parse(self.source_table)
+            check_source_table(self.source_table)  # any schema of that database, never its catalogs
             check_identifier(self.source_database, "database name")
         if not self.columns:
             raise JobInputError("columns must name at least one column")
@@ -129,7 +142,7 @@ class DataImport(BaseJob):
         except SettingsError as exc:
             raise JobInputError(str(exc)) from None
         with ctx.connect(url) as connection:
-            table = TableName.parse(self.source_table or "").quoted(connection.dialect)
+            table = check_source_table(self.source_table or "").quoted(connection.dialect)
             frame = pd.read_sql_query(sa.text(f"SELECT * FROM {table}"), connection)  # noqa: S608 (quoted)
         missing = sorted(set(self.columns) - set(frame.columns))
         if missing:
@@ -179,8 +192,19 @@ class DataImport(BaseJob):
         duplicated = typed.duplicated(subset=self.key_columns or None, keep="first")
         typed = typed[~duplicated]
         rows = typed.to_dict(orient="records")
+        # Refused before the target is touched (or created): the job fails at once, no retries.
+        if rows_read and rejected / rows_read > self.max_rejected_share:
+            raise JobInputError(
+                f"{rejected} of {rows_read} rows rejected ({rejected / rows_read:.0%}), more than "
+                f"max_rejected_share {self.max_rejected_share:.0%}: {self.target_table} left unchanged"
+            )
+        if self.replace and not rows:
+            raise JobInputError(
+                f"replace=True with no rows to load ({rows_read} read, {rejected} rejected) would "
+                f"empty {self.target_table}: left unchanged"
+            )
 
-        target = TableName.parse(self.target_table).check_schema(ctx.settings.allowed_schemas)
+        target = allowed_table(self.target_table, ctx.settings.allowed_schemas)
         table = sa.Table(
             target.name,
             sa.MetaData(),

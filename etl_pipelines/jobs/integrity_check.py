@@ -6,7 +6,7 @@ from pydantic import Field
 
 from etl_pipelines.errors import NonRetryableError
 from etl_pipelines.framework import BaseJob, JobContext, JobInputError
-from etl_pipelines.identifiers import TableName, check_identifier
+from etl_pipelines.identifiers import TableName, allowed_table, check_identifier
 from etl_pipelines.settings import Settings
 
 
@@ -14,15 +14,15 @@ class IntegrityViolation(NonRetryableError):
     """An integrity check found violations; the message carries the report as JSON."""
 
 
-def parse_reference(text: str) -> tuple[str, TableName, str]:
-    """`user_id->auth.users.id` -> ("user_id", auth.users, "id")."""
+def parse_reference(text: str, allowed: tuple[str, ...]) -> tuple[str, TableName, str]:
+    """`user_id->auth.users.id` -> ("user_id", auth.users, "id"); the parent in `allowed` schemas."""
     column, arrow, parent = text.partition("->")
     parts = parent.rsplit(".", 1)
     if not arrow or len(parts) != 2:
         raise JobInputError(f"reference {text!r}: expected column->schema.table.column")
     return (
         check_identifier(column.strip(), "column name"),
-        TableName.parse(parts[0].strip()),
+        allowed_table(parts[0].strip(), allowed),
         check_identifier(parts[1].strip(), "column name"),
     )
 
@@ -32,26 +32,41 @@ class IntegrityCheck(BaseJob):
 
     queue: ClassVar[str] = "low"
 
-    table: str = Field(description="Table or schema.table to check.")
+    table: str = Field(description="schema.table to check; the schema must be in ETL_ALLOWED_SCHEMAS.")
     references: list[str] = Field(
         default_factory=list,
-        description="Extra references to check, as column->schema.table.column (declared foreign "
-        "keys are always checked).",
+        description="Extra references to check, as column->schema.table.column, parent in "
+        "ETL_ALLOWED_SCHEMAS (declared foreign keys are always checked; those whose parent is "
+        "outside the allowed schemas are skipped and reported).",
     )
     min_rows: int | None = Field(default=None, ge=0, description="Fail when the table has fewer rows.")
     max_rows: int | None = Field(default=None, ge=0, description="Fail when the table has more rows.")
 
     def validate_input(self, settings: Settings) -> None:
-        TableName.parse(self.table)
+        super().validate_input(settings)  # the table: schema-qualified, in an allowed schema
         for reference in self.references:
-            parse_reference(reference)
+            parse_reference(reference, settings.allowed_schemas)
 
     def handle(self, ctx: JobContext) -> dict[str, Any]:
-        table = TableName.parse(self.table)
-        references = [parse_reference(r) for r in self.references]
+        allowed = ctx.settings.allowed_schemas
+        table = allowed_table(self.table, allowed)
+        references = [parse_reference(r, allowed) for r in self.references]
+        skipped = []
         with ctx.connect() as connection:
+            # PostgreSQL names a parent on the connection's search_path without its schema: that is
+            # the connection's default schema (public, or the jobs role's), not the child's schema.
+            # SQLite's foreign keys always name the child's own file.
+            default_schema = table.schema if connection.dialect.name == "sqlite" else None
+            default_schema = default_schema or connection.dialect.default_schema_name
             for fk in sa.inspect(connection).get_foreign_keys(table.name, schema=table.schema):
-                parent = TableName(fk.get("referred_schema") or table.schema, fk["referred_table"])
+                name = f"{fk.get('referred_schema') or default_schema}.{fk['referred_table']}"
+                try:
+                    parent = allowed_table(name, allowed)
+                except JobInputError as exc:
+                    # Skipped and reported rather than failed: the table's other checks still run,
+                    # and the job never reads a table outside the allowed schemas.
+                    skipped.append({"foreign_key": fk.get("name"), "parent": name, "reason": str(exc)})
+                    continue
                 references += [
                     (child, parent, referred)
                     for child, referred in zip(fk["constrained_columns"], fk["referred_columns"], strict=True)
@@ -82,6 +97,8 @@ class IntegrityCheck(BaseJob):
         if self.max_rows is not None and rows > self.max_rows:
             problems.append(f"row count {rows} > max_rows {self.max_rows}")
         report = {"table": str(table), "rows": rows, "checks": checks, "violations": problems}
+        if skipped:
+            report["skipped"] = skipped
         if problems:
             raise IntegrityViolation(f"{len(problems)} violation(s): {json.dumps(report)}")
         return report

@@ -30,8 +30,10 @@ class PopulateRecords(BaseJob):
     def handle(self, ctx: JobContext) -> dict[str, object]:
         text = resources.files("etl_pipelines.jobs").joinpath("sql", SQL_FILE).read_text()
         with ctx.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.execute(sa.text("CREATE SCHEMA IF NOT EXISTS auth"))
+            # Only when missing: CREATE SCHEMA IF NOT EXISTS needs the right to create schemas
+            # even when the schema exists, which the jobs' own role does not have (deploy/).
+            if connection.dialect.name == "postgresql" and not sa.inspect(connection).has_schema("auth"):
+                connection.execute(sa.text("CREATE SCHEMA auth"))
             for statement in sql_statements(text):
                 params = {"rows": self.rows} if ":rows" in statement else {}
                 connection.execute(sa.text(statement.rstrip(";")), params)

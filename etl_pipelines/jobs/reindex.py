@@ -4,8 +4,7 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from etl_pipelines.framework import BaseJob, JobContext
-from etl_pipelines.identifiers import TableName
-from etl_pipelines.settings import Settings
+from etl_pipelines.identifiers import allowed_table
 
 
 class Reindex(BaseJob):
@@ -16,13 +15,12 @@ class Reindex(BaseJob):
     timeout_seconds: ClassVar[float | None] = 0
     attempt_seconds: ClassVar[float | None] = 6 * 3600
 
-    table: str = Field(description="Table or schema.table whose indexes are rebuilt.")
-
-    def validate_input(self, settings: Settings) -> None:
-        TableName.parse(self.table)
+    table: str = Field(
+        description="schema.table whose indexes are rebuilt; the schema must be in ETL_ALLOWED_SCHEMAS."
+    )
 
     def handle(self, ctx: JobContext) -> dict[str, object]:
-        table = TableName.parse(self.table)
+        table = allowed_table(self.table, ctx.settings.allowed_schemas)
         with ctx.autocommit() as connection:
             indexes = [i["name"] for i in sa.inspect(connection).get_indexes(table.name, schema=table.schema)]
             # CONCURRENTLY keeps the table readable and writable while its indexes are rebuilt.

@@ -4,8 +4,6 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from etl_pipelines.framework import BaseJob, JobContext
-from etl_pipelines.identifiers import TableName
-from etl_pipelines.settings import Settings
 
 
 class SlowQuery(BaseJob):
@@ -16,12 +14,9 @@ class SlowQuery(BaseJob):
     duration: float = Field(default=5.0, ge=0, le=3600, description="Seconds the query sleeps.")
     table: str | None = Field(
         default=None,
-        description="A table this query stands for: jobs on the same table never run at once.",
+        description="A schema.table (in ETL_ALLOWED_SCHEMAS) this query stands for: jobs on the "
+        "same table never run at once.",
     )
-
-    def validate_input(self, settings: Settings) -> None:
-        if self.table is not None:
-            TableName.parse(self.table)
 
     def handle(self, ctx: JobContext) -> dict[str, float]:
         with ctx.connect() as connection:

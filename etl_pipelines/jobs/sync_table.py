@@ -5,7 +5,7 @@ from pydantic import Field
 from sqlalchemy.dialects import postgresql, sqlite
 
 from etl_pipelines.framework import BaseJob, JobContext, JobInputError
-from etl_pipelines.identifiers import TableName, check_identifier
+from etl_pipelines.identifiers import allowed_table, check_identifier, check_source_table
 from etl_pipelines.settings import Settings, SettingsError
 
 
@@ -27,7 +27,9 @@ class SyncTable(BaseJob):
     attempt_seconds: ClassVar[float | None] = 6 * 3600
 
     source_database: str = Field(description="Named database to copy from (ETL_DATABASE_URL_<NAME>).")
-    source_table: str = Field(description="Table or schema.table in the source database.")
+    source_table: str = Field(
+        description="Table or schema.table in the source database (never a system catalog)."
+    )
     target_table: str = Field(description="schema.table to update (created if missing); allowed schema.")
     key_column: str = Field(default="id", description="Unique key shared by both tables.")
     updated_at_column: str = Field(default="updated_at", description="Last-change timestamp column.")
@@ -38,7 +40,7 @@ class SyncTable(BaseJob):
 
     def validate_input(self, settings: Settings) -> None:
         check_identifier(self.source_database, "database name")
-        TableName.parse(self.source_table)
+        check_source_table(self.source_table)  # any schema of that database, never its catalogs
         super().validate_input(settings)  # the target: schema-qualified, in an allowed schema
         check_identifier(self.key_column, "column name")
         check_identifier(self.updated_at_column, "column name")
@@ -48,8 +50,8 @@ class SyncTable(BaseJob):
             source_url = ctx.settings.named_database_url(self.source_database)
         except SettingsError as exc:
             raise JobInputError(str(exc)) from None
-        source_name = TableName.parse(self.source_table)
-        target_name = TableName.parse(self.target_table).check_schema(ctx.settings.allowed_schemas)
+        source_name = check_source_table(self.source_table)
+        target_name = allowed_table(self.target_table, ctx.settings.allowed_schemas)
         with ctx.connect(source_url) as connection:
             source = sa.Table(
                 source_name.name, sa.MetaData(), schema=source_name.schema, autoload_with=connection

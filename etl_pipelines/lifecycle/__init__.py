@@ -6,13 +6,14 @@ with the store and settings passed in.
 
 from etl_pipelines.lifecycle import events
 from etl_pipelines.lifecycle.diagnosis import Finding, RunSnapshot, RunState, Verdict, diagnose
-from etl_pipelines.lifecycle.events import TRANSITIONS, NewJob, Refused, Transition
+from etl_pipelines.lifecycle.events import TRANSITIONS, ForeignJob, NewJob, Refused, Transition
 from etl_pipelines.lifecycle.queues import check_queue, priority
 from etl_pipelines.lifecycle.retry import RetrySchedule
 
 __all__ = [
     "TRANSITIONS",
     "Finding",
+    "ForeignJob",
     "NewJob",
     "Refused",
     "RetrySchedule",

@@ -8,13 +8,20 @@ broker when it matters); `diagnose()` reads it beside the job record, as a table
 | waiting_retry | -                                                 | none: due_retries starts it     |
 | queued        | none                                              | submit: create it               |
 | queued        | NOT_STARTED (created, never submitted)            | submit                          |
+| queued        | ended before the job was queued again (a claimed  | requeue: its run made now, no   |
+|               | retry whose run was never made)                   | attempt charged                 |
 | queued        | QUEUED past the grace, not in its table's line,   | resend its task: no attempt     |
 |               | task not in the broker                            | charged, no new run             |
 | queued        | STARTING past the grace, task not in the broker   | requeue: no attempt charged     |
-| queued        | STARTED past the grace, the op never began        | requeue: no attempt charged     |
+| queued        | STARTED past the grace, the op never began        | requeue, its run stopped first  |
 | queued        | FAILURE past the grace, no failure recorded       | fail_attempt                    |
-| started       | heartbeat more than BEATS_MISSED beats old        | fail_attempt                    |
+| started       | heartbeat more than BEATS_MISSED beats old        | fail_attempt, its run stopped   |
+|               |                                                   | first                           |
 | anything else, or a record changed within the grace               | none                            |
+
+"Stopped first" (Finding.stop): the run's attempt may still be alive (a paused or cut-off
+worker), so before the job moves on recovery revokes its Celery task and ends its sessions in the
+target database (framework/fence.py): it can never work beside the job's next attempt.
 """
 
 import enum
@@ -88,6 +95,28 @@ class Verdict(enum.StrEnum):
 class Finding:
     verdict: Verdict
     detail: str
+    # The run whose attempt may still be working: stopped before the job moves on. None: its
+    # process is known gone or never had the op (no task, a run that ended).
+    stop: str | None = None
+
+
+# A Dagster run ends when its status is one of these.
+ENDED = frozenset({RunState.SUCCESS, RunState.FAILURE, RunState.CANCELED})
+
+
+def claimed_retry(record: JobRecord, run: RunSnapshot) -> bool:
+    """Is `record` queued for a retry (due, or an operator's) whose run was never made?
+
+    A claimed retry stays on the run whose attempt it follows until the new run is admitted
+    (events.run_queued gives the job that run, and clears the last attempt's error): that run
+    ended before the job was queued again, and its failure is still on the record.
+    """
+    queued_after = (
+        record.queued_at is not None
+        and run.ended_at is not None
+        and record.queued_at.timestamp() > run.ended_at
+    )
+    return run.state in ENDED and (queued_after or record.error is not None)
 
 
 def diagnose(
@@ -111,6 +140,13 @@ def diagnose(
             return Finding(Verdict.SUBMIT, "its run was never created")
         if run.state == RunState.NOT_STARTED:
             return Finding(Verdict.SUBMIT, f"run {run.run_id} was created but never queued")
+        if claimed_retry(record, run):
+            # Its attempt was charged when run_id failed: the retry is made now, never charged again.
+            return Finding(
+                Verdict.REQUEUE,
+                f"retry {record.retry_count} was claimed after run {run.run_id} ended but its run "
+                "was never made",
+            )
         if (
             run.state == RunState.QUEUED
             and older(run.launched_at, grace)
@@ -128,7 +164,9 @@ def diagnose(
             return Finding(Verdict.REQUEUE, f"run {run.run_id} was sent to Celery but its task is gone")
         if run.state == RunState.STARTED and older(run.started_at, grace):
             started = "" if run.started_at is None else f" {unix_now - run.started_at:.0f} s ago"
-            return Finding(Verdict.REQUEUE, f"run {run.run_id} started{started} but its op never did")
+            return Finding(
+                Verdict.REQUEUE, f"run {run.run_id} started{started} but its op never did", stop=run.run_id
+            )
         if run.state == RunState.FAILURE and older(run.ended_at, grace):
             return Finding(Verdict.FAIL_ATTEMPT, f"run {run.run_id} failed before its op started")
         return None
@@ -136,6 +174,8 @@ def diagnose(
         beat = record.heartbeat_at
         seen = f"{beat:%H:%M:%S} UTC" if beat else "never"
         return Finding(
-            Verdict.FAIL_ATTEMPT, f"no heartbeat from its worker since {seen} (run {record.run_id})"
+            Verdict.FAIL_ATTEMPT,
+            f"no heartbeat from its worker since {seen} (run {record.run_id})",
+            stop=record.run_id,
         )
     return None

@@ -189,6 +189,11 @@ class Refused(Exception):
     """A submitted run may not run for its job; the message says why (the run is failed with it)."""
 
 
+class ForeignJob(Refused):
+    """A run names as its job one it cannot be a run of (a forged or mistaken etl/job_id): a job
+    of another type, or, for a fresh launch, any job but the one its own id starts."""
+
+
 def admit_run(
     store: JobStore,
     job: NewJob,
@@ -196,34 +201,68 @@ def admit_run(
     *,
     parent_run_id: str | None,
     queues: tuple[str, ...],
+    problem: str | None = None,
 ) -> JobRecord:
     """A run of `job` was submitted (from anywhere): make the record follow it, or refuse it.
 
-    A new job gets its record. Another run of an existing job takes it (run_queued) only from the
-    run it re-executes and never while an attempt runs. A run naming another type's job, or an
-    unknown queue, is refused (Refused), and the job table is left as the refusal says.
+    Whose job the run is comes first, and nothing is written for a run that may not act for the
+    job it names: an existing job is taken only by one of its own runs (in run_ids: a submission
+    repeated by recovery) or by a re-execution of its current run (UI re-execution, due and manual
+    retries; never while an attempt runs); a job that does not exist yet only by its first run
+    (its id is that run's id) or a re-execution. Then the run itself: an unknown queue, or
+    `problem` (the parameters failed validation: "JobInputError: ..."), refuses it. The job's own
+    queued run refused (a new job's first run, above all) fails the job with the reason, at once
+    and without retries; any other job's record is left exactly as it was.
     """
     existing = store.get(job.id)
-    if existing is not None and existing.job_type != job.job_type:
-        # A forged or mistaken etl/job_id tag: never let a run take over another type's record.
-        raise Refused(f"run tag etl/job_id={job.id} names a {existing.job_type} job, not {job.job_type}")
-    record = existing or _create(store, job, run_id)[0]
+    _check_claim(existing, job, run_id, parent_run_id)
+    reason, error = None, problem
     try:
         check_queue(job.queue, queues)
     except ValueError as exc:
-        # A new job's own run: the job fails with the reason. An existing job's record is left as
-        # it is (whoever re-executed it hears of the refusal from the failed run).
+        reason, error = str(exc), f"{type(exc).__name__}: {exc}"
+    record = existing
+    if record is None:
+        record, created = _create(store, job, run_id)
+        if not created:  # another process made it first (this same run, submitted twice?)
+            _check_claim(record, job, run_id, parent_run_id)
+    if error is not None:
         if record.status == QUEUED and record.run_id == run_id:
-            error = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(JobStateError):  # it moved on meanwhile: nothing to reject
                 _apply(store, "rejected", job.id, run_id=run_id, reason=error, error=error)
-        raise Refused(str(exc)) from None
+        raise Refused(reason or error)
     if run_id in record.run_ids:
         return record
     try:
         return run_queued(store, job.id, run_id, parent_run_id=parent_run_id, payload=job.payload)
     except JobStateError as exc:
         raise Refused(f"not queued: {exc} (re-execute the job's latest run once it has ended)") from None
+
+
+def _check_claim(record: JobRecord | None, job: NewJob, run_id: str, parent_run_id: str | None) -> None:
+    """Refused unless run `run_id` may act for the job `job.id` names (its tag etl/job_id, or its
+    root run): a forged or mistaken job id never touches the job it names."""
+    if record is None:
+        if parent_run_id is None and job.id != run_id:
+            raise ForeignJob(
+                f"run tag etl/job_id={job.id} names no job, and a new job's id is its first run's id"
+                f" ({run_id})"
+            )
+        return
+    if record.job_type != job.job_type:
+        raise ForeignJob(f"run tag etl/job_id={job.id} names a {record.job_type} job, not {job.job_type}")
+    if run_id in record.run_ids:
+        return  # one of the job's own runs, submitted again (recovery)
+    if parent_run_id is None:
+        raise ForeignJob(
+            f"run tag etl/job_id={job.id} names an existing job, and this run is not one of its runs"
+            f" nor a re-execution of its run {record.run_id}"
+        )
+    if parent_run_id != record.run_id:
+        raise Refused(
+            f"not queued: run {run_id} re-executes run {parent_run_id}, but job {job.id} is on run"
+            f" {record.run_id} (re-execute the job's latest run once it has ended)"
+        )
 
 
 def run_queued(

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import dagster as dg
 import sqlalchemy as sa
-from pydantic import Field
 
 from etl_pipelines.identifiers import check_identifier
 from etl_pipelines.process_cache import ProcessCache
@@ -49,19 +48,18 @@ def target_engine(url: str, schemas: tuple[str, ...]) -> sa.Engine:
 
 
 class TargetDatabase(dg.ConfigurableResource):
-    """The database that job types read and change."""
+    """The database that job types read and change: ETL_TARGET_DATABASE_URL, else ETL_DATABASE_URL.
 
-    url: str | None = Field(
-        default=None,
-        description="SQLAlchemy URL; empty means ETL_TARGET_DATABASE_URL, else ETL_DATABASE_URL.",
-    )
+    Without config fields on purpose, like JobStoreResource: a launch cannot point a job at
+    another database (Dagster refuses run config for a resource that has no fields).
+    """
 
     def engine(self, url: str | None = None) -> sa.Engine:
         """An engine for the target database (or another `url`), created once per process."""
         settings = Settings.from_env()
         # Schema names come from configuration and are checked before they reach ATTACH.
         schemas = tuple(check_identifier(s, "schema name") for s in settings.allowed_schemas)
-        return target_engine(url or self.url or settings.target_database_url, schemas)
+        return target_engine(url or settings.target_database_url, schemas)
 
     @contextlib.contextmanager
     def connect(
@@ -71,18 +69,33 @@ class TargetDatabase(dg.ConfigurableResource):
         url: str | None = None,
         transaction: bool = False,
         autocommit: bool = False,
+        application_name: str | None = None,
     ) -> Iterator[sa.Connection]:
-        """A connection whose statements PostgreSQL cancels after `statement_timeout` seconds."""
+        """A pooled connection whose statements PostgreSQL cancels after `statement_timeout`
+        seconds, named `application_name` while it is used (recovery ends an attempt's sessions
+        by that name). An attempt's own target work goes through its fenced session instead
+        (framework/fence.py); this is for the other databases it reads."""
         engine = self.engine(url)
         with engine.connect() as connection:
             if autocommit:
                 connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            if connection.dialect.name == "postgresql" and statement_timeout:
+            postgresql = connection.dialect.name == "postgresql"
+            named = postgresql and bool(application_name)
+            if postgresql and (statement_timeout or named):
                 # Session-wide and committed, so it holds for every transaction the job opens
                 # on this connection; set again at every checkout, whatever the last job set.
+                # Each left as it is when not asked for (NULL: the session's current value).
                 connection.execute(
-                    sa.text("SELECT set_config('statement_timeout', :ms, false)"),
-                    {"ms": f"{int(statement_timeout * 1000)}"},
+                    sa.text(
+                        "SELECT set_config('statement_timeout',"
+                        " coalesce(CAST(:ms AS text), current_setting('statement_timeout')), false),"
+                        " set_config('application_name',"
+                        " coalesce(CAST(:name AS text), current_setting('application_name')), false)"
+                    ),
+                    {
+                        "ms": f"{int(statement_timeout * 1000)}" if statement_timeout else None,
+                        "name": application_name if named else None,
+                    },
                 )
                 if not autocommit:
                     connection.commit()
@@ -93,14 +106,10 @@ class TargetDatabase(dg.ConfigurableResource):
                 else:
                     yield connection
             finally:
-                # The pool hands this connection to the next job next: leave no limit behind.
-                if (
-                    connection.dialect.name == "postgresql"
-                    and statement_timeout
-                    and not connection.invalidated
-                ):
+                # The pool hands this connection to the next job next: leave no limit or name behind.
+                if postgresql and (statement_timeout or named) and not connection.invalidated:
                     if connection.in_transaction():
                         connection.rollback()
-                    connection.execute(sa.text("RESET statement_timeout"))
+                    connection.execute(sa.text("RESET statement_timeout; RESET application_name"))
                     if not autocommit:
                         connection.commit()

@@ -24,8 +24,18 @@ def get_engine(url: str) -> sa.Engine:
     return engines.get(url, lambda: create_engine(url))
 
 
+# Seconds a new PostgreSQL connection may take: a database that does not answer (a dropped network,
+# a host being replaced) fails the try, so a write's retry deadline (store.resilience) holds.
+CONNECT_TIMEOUT = 10
+
+
 def create_engine(url: str) -> sa.Engine:
-    """A new engine with the settings etl_pipelines wants for each backend."""
+    """A new engine with the settings etl_pipelines wants for each backend.
+
+    Every engine hides SQL parameters from its errors and logs (`hide_parameters`): an error's
+    text reaches the job table, Dagster's event log, the failure alert and the CLI, and a failed
+    statement's bound values are row data (an import's rows, say) and may be secrets.
+    """
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -33,10 +43,24 @@ def create_engine(url: str) -> sa.Engine:
         if parsed.database in (None, "", ":memory:"):
             # One in-memory database for the whole engine (the unit tier's job table), not one per thread.
             engine = sa.create_engine(
-                url, connect_args={"check_same_thread": False}, poolclass=sa.pool.StaticPool
+                url,
+                connect_args={"check_same_thread": False},
+                poolclass=sa.pool.StaticPool,
+                hide_parameters=True,
             )
         else:
-            engine = sa.create_engine(url, connect_args={"timeout": 30})
+            engine = sa.create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    connect_args: dict[str, Any] = {}
+    # libpq's parameter (psycopg2, psycopg); other drivers keep their own defaults.
+    if parsed.get_driver_name() in ("psycopg2", "psycopg") and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT
+    return sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        hide_parameters=True,
+        connect_args=connect_args,
+    )

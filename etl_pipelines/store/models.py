@@ -134,6 +134,10 @@ class JobEvent(Base):
     # Who: "etl_pipelines" for the system itself, else an OS user or an --actor value.
     actor: Mapped[str] = mapped_column(sa.String(100))
     reason: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    # Made by the write that appended the row: a write retried after a lost connection finds its
+    # own row here when its first try committed after all (JobStore.transition), instead of
+    # being refused by the change it made itself. Added to older tables by create_schema.
+    token: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,15 +1,20 @@
 """Reads and writes of the job table. Which changes are allowed is lifecycle/events.py's business:
 `transition()` only makes a checked change atomic and audited."""
 
-from collections.abc import Callable, Iterable, Sequence
+import os
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from etl_pipelines.settings import max_result_bytes as _max_result_bytes
+from etl_pipelines.settings import outcome_retry_seconds
 from etl_pipelines.store.engine import create_engine, get_engine
 from etl_pipelines.store.models import Base, JobEvent, JobRecord, JobStatus, TableClaim, utcnow
+from etl_pipelines.store.resilience import WritePolicy, retry_write
 
 # The actor of what the system does by itself; people are recorded by OS user or --actor.
 SYSTEM_ACTOR = "etl_pipelines"
@@ -28,10 +33,31 @@ class JobStateError(ValueError):
 
 
 class JobStore:
-    """The job table at `url` (created on first use)."""
+    """The job table at `url` (created on first use).
 
-    def __init__(self, url: str, engine: sa.Engine | None = None):
+    Its writes (insert, transition, heartbeat, record_event, mark_alerted, delete, join_line,
+    leave_line; not promote) try again through a lost connection for `retry_seconds`
+    (ETL_OUTCOME_RETRY_SECONDS, default 120 s), and each lands once however many tries it takes.
+    What it stores is bounded (lifecycle.bounds): a result over `max_result_bytes`
+    (ETL_MAX_RESULT_BYTES) is kept as a summary; errors, tracebacks and audit reasons lose SQL
+    parameters and row values and are cut to their limits.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        engine: sa.Engine | None = None,
+        *,
+        retry_seconds: float | None = None,
+        max_result_bytes: int | None = None,
+    ):
         self.url = url
+        self.write_policy = WritePolicy(
+            deadline=outcome_retry_seconds(os.environ) if retry_seconds is None else retry_seconds
+        )
+        self.max_result_bytes = (
+            _max_result_bytes(os.environ) if max_result_bytes is None else max_result_bytes
+        )
         if engine is not None:  # an engine of the caller's (the unit tier's in-memory SQLite)
             self.engine = engine
             create_schema(engine)
@@ -49,15 +75,54 @@ class JobStore:
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
+    def _bounded(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """`values` as the job table keeps them (lifecycle.bounds)."""
+        from etl_pipelines.lifecycle import bounds  # here: the lifecycle package imports this module
+
+        bounded = dict(values)
+        if bounded.get("result") is not None:
+            bounded["result"] = bounds.bounded_result(bounded["result"], self.max_result_bytes)
+        for key in ("error", "reason"):
+            if bounded.get(key) is not None:
+                bounded[key] = bounds.scrub_error(bounded[key])
+        if bounded.get("traceback") is not None:
+            bounded["traceback"] = bounds.scrub_traceback(bounded["traceback"])
+        return bounded
+
+    def _write(self, write: Callable[[bool], Any], what: str) -> Any:
+        return retry_write(write, self.write_policy, what=what)
+
     def insert(self, record: JobRecord, *, action: str, actor: str = SYSTEM_ACTOR) -> bool:
         """Insert a new record with its first audit row; False if a record with its id exists."""
-        try:
-            with self._session() as session, session.begin():
-                session.add(record)
-                session.add(_event(record, action, None, actor, None))
-        except sa.exc.IntegrityError:
-            return False
-        return True
+        for key, value in self._bounded(
+            {"result": record.result, "error": record.error, "traceback": record.traceback}
+        ).items():
+            setattr(record, key, value)
+        token = _token()
+
+        def write(retrying: bool) -> bool:
+            try:
+                with self._session() as session, session.begin():
+                    if retrying:
+                        if self._landed(record.id, token, session):
+                            return True  # the first try committed; its reply was lost
+                        sa.orm.make_transient(record)  # whatever the failed try left it as
+                    session.add(record)
+                    session.add(_event(record, action, None, actor, None, token))
+            except sa.exc.IntegrityError:
+                # A retry whose first try committed finds its own record: that is not "exists".
+                return retrying and self._landed(record.id, token)
+            return True
+
+        return bool(self._write(write, f"insert of job {record.id}"))
+
+    def _landed(self, job_id: str, token: str, session: Session | None = None) -> bool:
+        """Whether the write that made `token` committed (its audit row exists)."""
+        query = sa.select(JobEvent.id).where(JobEvent.job_id == job_id, JobEvent.token == token)
+        if session is not None:
+            return session.scalar(query) is not None
+        with self._session() as own:
+            return own.scalar(query) is not None
 
     def get(self, job_id: str) -> JobRecord | None:
         """The record, or None."""
@@ -73,8 +138,12 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         """Remove a record that never reached a queue (its submission failed)."""
-        with self._session() as session, session.begin():
-            session.execute(sa.delete(JobRecord).where(JobRecord.id == job_id))
+
+        def write(_retrying: bool) -> None:  # deleted twice is deleted
+            with self._session() as session, session.begin():
+                session.execute(sa.delete(JobRecord).where(JobRecord.id == job_id))
+
+        self._write(write, f"removal of job {job_id}")
 
     def list(
         self,
@@ -83,18 +152,21 @@ class JobStore:
         queue: str | None = None,
         job_type: str | None = None,
         limit: int = 50,
+        offset: int = 0,
     ) -> Sequence[JobRecord]:
-        """Records matching the filters, newest first."""
-        query = sa.select(JobRecord).order_by(JobRecord.created_at.desc(), JobRecord.id).limit(limit)
-        statuses = list(statuses)
-        if statuses:
-            query = query.where(JobRecord.status.in_(statuses))
-        if queue:
-            query = query.where(JobRecord.queue == queue)
-        if job_type:
-            query = query.where(JobRecord.job_type == job_type)
+        """Records matching the filters, newest first: `limit` of them, after skipping `offset`."""
+        query = _filtered(sa.select(JobRecord), statuses, queue, job_type)
+        query = query.order_by(JobRecord.created_at.desc(), JobRecord.id).offset(offset).limit(limit)
         with self._session() as session:
             return session.scalars(query).all()
+
+    def count(
+        self, *, statuses: Iterable[JobStatus] = (), queue: str | None = None, job_type: str | None = None
+    ) -> int:
+        """How many records match the filters (list's, without the paging)."""
+        query = _filtered(sa.select(sa.func.count()).select_from(JobRecord), statuses, queue, job_type)
+        with self._session() as session:
+            return int(session.scalar(query) or 0)
 
     def transition(
         self,
@@ -115,11 +187,52 @@ class JobStore:
         happens only if the record still matches (JobStateError otherwise, and nothing changes): the
         check and the write are one locked step. `changes(record)` computes values from the record
         as it is under the lock.
+
+        Tried again through a lost connection (see the class); a try that finds the change made
+        by an earlier try of its own (committed, its reply lost) returns the record as it is.
         """
+        token = _token()
+        values = self._bounded({**values, "reason": reason})
+        reason = values.pop("reason")
+
+        def write(retrying: bool) -> JobRecord:
+            return self._transition(
+                job_id,
+                action,
+                expect=expect,
+                expect_run_id=expect_run_id,
+                unchanged_since=unchanged_since,
+                actor=actor,
+                reason=reason,
+                changes=changes,
+                values=values,
+                token=token,
+                retrying=retrying,
+            )
+
+        return cast(JobRecord, self._write(write, f"{action} of job {job_id}"))
+
+    def _transition(
+        self,
+        job_id: str,
+        action: str,
+        *,
+        expect: Iterable[JobStatus] | None,
+        expect_run_id: Any,
+        unchanged_since: datetime | None,
+        actor: str,
+        reason: str | None,
+        changes: Callable[[JobRecord], dict[str, Any]] | None,
+        values: dict[str, Any],
+        token: str,
+        retrying: bool,
+    ) -> JobRecord:
         with self._session() as session, session.begin():
             record = session.get(JobRecord, job_id, with_for_update=True)
             if record is None:
                 raise JobNotFoundError(f"no job with id {job_id!r}")
+            if retrying and self._landed(job_id, token, session):
+                return record  # an earlier try committed; its reply was lost with the connection
             conditions: list[sa.ColumnElement[bool]] = []
             if expect is not None:
                 expected = set(expect)
@@ -153,41 +266,72 @@ class JobStore:
                 session.refresh(record)  # as it is now that we hold the write
             before = record.status
             if changes is not None:
-                values = {**changes(record), **values}
+                values = {**self._bounded(changes(record)), **values}
             for key, value in values.items():
                 setattr(record, key, value)
             record.updated_at = utcnow()
-            session.add(_event(record, action, before, actor, reason))
+            session.add(_event(record, action, before, actor, reason, token))
         return record
 
-    def heartbeat(self, job_id: str, run_id: str) -> bool:
-        """The attempt in `run_id` is alive (no audit row: not a change of state)."""
-        with self._session() as session, session.begin():
-            changed = _rowcount(
-                session,
-                sa.update(JobRecord)
-                .where(JobRecord.id == job_id, JobRecord.run_id == run_id)
-                .where(JobRecord.status == JobStatus.STARTED)
-                # updated_at stays: a beat is not a change of the job (recovery's grace reads it).
-                .values(heartbeat_at=utcnow(), updated_at=JobRecord.updated_at)
-                .execution_options(synchronize_session=False),
-            )
-        return changed == 1
+    def heartbeat(self, job_id: str, run_id: str, *, retry_seconds: float | None = None) -> bool:
+        """The attempt in `run_id` is alive (no audit row: not a change of state).
+
+        Tried again through a lost connection like every write, for `retry_seconds` if given (a
+        beater that beats again soon anyway may want less than the store's deadline).
+        """
+        policy = self.write_policy
+        if retry_seconds is not None:
+            policy = WritePolicy(deadline=retry_seconds)
+
+        def write(_retrying: bool) -> bool:  # a beat written twice is one beat
+            with self._session() as session, session.begin():
+                changed = _rowcount(
+                    session,
+                    sa.update(JobRecord)
+                    .where(JobRecord.id == job_id, JobRecord.run_id == run_id)
+                    .where(JobRecord.status == JobStatus.STARTED)
+                    # updated_at stays: a beat is not a change of the job (recovery's grace reads it).
+                    .values(heartbeat_at=utcnow(), updated_at=JobRecord.updated_at)
+                    .execution_options(synchronize_session=False),
+                )
+            return changed == 1
+
+        return bool(retry_write(write, policy, what=f"heartbeat of job {job_id}"))
 
     def record_event(
         self, job_id: str, action: str, *, actor: str = SYSTEM_ACTOR, reason: str | None = None
     ) -> None:
         """Append an audit row that changes no status (e.g. a retry whose submission failed)."""
-        record = self.require(job_id)
-        with self._session() as session, session.begin():
-            session.add(_event(record, action, record.status, actor, reason))
+        reason = self._bounded({"reason": reason})["reason"]
+        token = _token()
 
-    def history(self, job_id: str) -> Sequence[JobEvent]:
-        """The job's audit trail, oldest first."""
+        def write(retrying: bool) -> None:
+            record = self.require(job_id)
+            with self._session() as session, session.begin():
+                if retrying and self._landed(job_id, token, session):
+                    return
+                session.add(_event(record, action, record.status, actor, reason, token))
+
+        self._write(write, f"{action} event of job {job_id}")
+
+    def history(self, job_id: str, *, limit: int | None = None, offset: int = 0) -> Sequence[JobEvent]:
+        """The job's audit trail, oldest first (`limit` events from `offset`; None: all)."""
         self.require(job_id)
-        query = sa.select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        query = (
+            sa.select(JobEvent)
+            .where(JobEvent.job_id == job_id)
+            .order_by(JobEvent.id)
+            .offset(offset)
+            .limit(limit)
+        )
         with self._session() as session:
             return session.scalars(query).all()
+
+    def count_history(self, job_id: str) -> int:
+        """How many events the job's audit trail holds."""
+        query = sa.select(sa.func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id)
+        with self._session() as session:
+            return int(session.scalar(query) or 0)
 
     def due_retries(self, now: datetime, limit: int = 100) -> Sequence[JobRecord]:
         """Jobs waiting to retry whose retry is due, the longest overdue first."""
@@ -228,23 +372,31 @@ class JobStore:
 
     def mark_alerted(self, job_id: str) -> JobRecord:
         """The failure alert was delivered (not a change of state: no audit row)."""
-        with self._session() as session, session.begin():
-            record = session.get(JobRecord, job_id, with_for_update=True)
-            if record is None:
-                raise JobNotFoundError(f"no job with id {job_id!r}")
-            record.alerted_at = utcnow()
-        return record
+
+        def write(_retrying: bool) -> JobRecord:  # marked twice is marked
+            with self._session() as session, session.begin():
+                record = session.get(JobRecord, job_id, with_for_update=True)
+                if record is None:
+                    raise JobNotFoundError(f"no job with id {job_id!r}")
+                record.alerted_at = utcnow()
+            return record
+
+        return cast(JobRecord, self._write(write, f"alert mark of job {job_id}"))
 
     # -- one run per table (lifecycle.admission holds the rules) ---------------------------------
 
     def join_line(self, run_id: str, job_id: str, target: str, priority: int) -> None:
         """Put `run_id` in line for `target` (nothing if it already has its place)."""
-        try:
-            with self._session() as session, session.begin():
-                claim = TableClaim(run_id=run_id, job_id=job_id, target=target, priority=priority)
-                session.add(claim)
-        except sa.exc.IntegrityError:
-            pass  # submitted again (recovery): its place is kept
+
+        def write(_retrying: bool) -> None:  # a place taken by an earlier try is kept, like any
+            try:
+                with self._session() as session, session.begin():
+                    claim = TableClaim(run_id=run_id, job_id=job_id, target=target, priority=priority)
+                    session.add(claim)
+            except sa.exc.IntegrityError:
+                pass  # submitted again (recovery): its place is kept
+
+        self._write(write, f"run {run_id} joining the line for {target}")
 
     def promote(self, target: str) -> str | None:
         """Let the first run in line for `target` hold it, if nobody does: its run id, else None.
@@ -282,11 +434,19 @@ class JobStore:
 
     def leave_line(self, run_id: str) -> TableClaim | None:
         """Take `run_id` out of its table's line (holding or waiting): its claim as it was, or None."""
-        with self._session() as session, session.begin():
-            claim = session.get(TableClaim, run_id)
-            if claim is not None:
+        seen: list[TableClaim] = []
+
+        def write(_retrying: bool) -> TableClaim | None:
+            with self._session() as session, session.begin():
+                claim = session.get(TableClaim, run_id)
+                if claim is None:
+                    # Gone: by an earlier try whose reply was lost, the caller still hands its table on.
+                    return seen[0] if seen else None
+                seen[:] = [claim]
                 session.delete(claim)
-            return claim
+                return claim
+
+        return cast("TableClaim | None", self._write(write, f"release of run {run_id}'s table"))
 
     def claim(self, run_id: str) -> TableClaim | None:
         with self._session() as session:
@@ -303,13 +463,36 @@ class JobStore:
             return session.scalars(query).all()
 
 
+_S = TypeVar("_S", bound=sa.Select[Any])
+
+
+def _filtered(query: _S, statuses: Iterable[JobStatus], queue: str | None, job_type: str | None) -> _S:
+    statuses = list(statuses)
+    if statuses:
+        query = query.where(JobRecord.status.in_(statuses))
+    if queue:
+        query = query.where(JobRecord.queue == queue)
+    if job_type:
+        query = query.where(JobRecord.job_type == job_type)
+    return query
+
+
+def _token() -> str:
+    return uuid.uuid4().hex
+
+
 def _rowcount(session: Session, statement: sa.Update) -> int:
     """Rows an UPDATE changed (SQLAlchemy types execute() as a plain Result)."""
     return cast("sa.CursorResult[Any]", session.execute(statement)).rowcount
 
 
 def _event(
-    record: JobRecord, action: str, before: JobStatus | None, actor: str, reason: str | None
+    record: JobRecord,
+    action: str,
+    before: JobStatus | None,
+    actor: str,
+    reason: str | None,
+    token: str | None = None,
 ) -> JobEvent:
     return JobEvent(
         job_id=record.id,
@@ -320,6 +503,7 @@ def _event(
         run_id=record.run_id,
         actor=actor,
         reason=reason,
+        token=token,
     )
 
 
@@ -331,3 +515,29 @@ def create_schema(engine: sa.Engine) -> None:
         # Two processes created it at once (PostgreSQL reports a duplicate type or relation);
         # the second attempt finds everything in place.
         Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
+
+
+# Columns added since the table was first made (create_all adds tables, never columns): all nullable.
+_ADDED_COLUMNS = ((JobEvent.__tablename__, "token"),)
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    inspector = sa.inspect(engine)
+    for table_name, name in _ADDED_COLUMNS:
+        table = Base.metadata.tables[table_name]
+        if name in {column["name"] for column in inspector.get_columns(table_name)}:
+            continue
+        column = table.c[name]
+        preparer = engine.dialect.identifier_preparer
+        statement = (
+            f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)} "
+            f"{column.type.compile(dialect=engine.dialect)}"
+        )
+        try:
+            with engine.begin() as connection:
+                connection.execute(sa.text(statement))
+        except (sa.exc.ProgrammingError, sa.exc.OperationalError):
+            # Another process added it just now ("duplicate column"); anything else shows here.
+            if name not in {column["name"] for column in sa.inspect(engine).get_columns(table_name)}:
+                raise

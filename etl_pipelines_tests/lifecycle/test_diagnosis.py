@@ -13,14 +13,33 @@ GRACE = 30.0
 HEARTBEAT_SECONDS = 10.0  # 3 missed beats: 30 s
 
 
-def record(status: JobStatus, changed_ago: float = 120, beat_ago: float | None = None) -> JobRecord:
+def record(
+    status: JobStatus,
+    changed_ago: float = 120,
+    beat_ago: float | None = None,
+    queued_ago: float | None = None,
+    error: str | None = None,
+    retry_count: int = 0,
+) -> JobRecord:
     return JobRecord(
         id="j1",
         status=status,
         run_id="r1",
         updated_at=NOW - timedelta(seconds=changed_ago),
         heartbeat_at=None if beat_ago is None else NOW - timedelta(seconds=beat_ago),
+        queued_at=NOW - timedelta(seconds=changed_ago if queued_ago is None else queued_ago),
+        error=error,
+        retry_count=retry_count,
+        max_retries=3,
     )
+
+
+def claimed_retry(**changes: float | str | int | None) -> JobRecord:
+    """A job whose due (or manual) retry was claimed 60 s ago, after its run r1 failed 120 s ago:
+    the claimer died before the retry's run was made. The record is still on r1, with r1's error."""
+    values: dict = {"changed_ago": 60, "queued_ago": 60, "error": "ValueError: boom", "retry_count": 3}
+    values.update(changes)
+    return record(JobStatus.QUEUED, **values)
 
 
 def run(
@@ -77,6 +96,13 @@ def verdict(job: JobRecord, snapshot: RunSnapshot | None) -> Verdict | None:
         # the run failed before its op started and nothing recorded it.
         (record(JobStatus.QUEUED), run(RunState.FAILURE), Verdict.FAIL_ATTEMPT),
         (record(JobStatus.QUEUED), run(RunState.FAILURE, ago=5), None),
+        # a claimed retry (its last one here: retry_count 3 of 3) whose run was never made: the
+        # run it is on is the failed attempt's, charged already. Made now, never charged again.
+        (claimed_retry(), run(RunState.FAILURE), Verdict.REQUEUE),
+        (claimed_retry(), run(RunState.SUCCESS), Verdict.REQUEUE),  # an operator's retry
+        (claimed_retry(error=None), run(RunState.FAILURE), Verdict.REQUEUE),  # queued after it ended
+        (claimed_retry(queued_ago=200), run(RunState.FAILURE), Verdict.REQUEUE),  # its error says
+        (claimed_retry(changed_ago=5, queued_ago=5), run(RunState.FAILURE), None),  # mid-hand-over
         # started: alive while it beats.
         (record(JobStatus.STARTED, beat_ago=5), run(RunState.STARTED), None),
         (record(JobStatus.STARTED, beat_ago=31), run(RunState.STARTED), Verdict.FAIL_ATTEMPT),
@@ -137,3 +163,24 @@ def test_run_health_from_the_heartbeat(job: JobRecord, run_id: str, alive: bool)
     """What the Celery launcher answers run monitoring once Redis has forgotten a running task."""
     assert run_alive(job, run_id, now=NOW, heartbeat_seconds=HEARTBEAT_SECONDS) is alive
     assert run_alive(None, run_id, now=NOW, heartbeat_seconds=HEARTBEAT_SECONDS) is False
+
+
+def stopped(job: JobRecord, snapshot: RunSnapshot | None) -> str | None:
+    found = diagnose(job, snapshot, now=NOW, grace=GRACE, heartbeat_seconds=HEARTBEAT_SECONDS)
+    assert found is not None
+    return found.stop
+
+
+def test_an_attempt_that_may_still_run_is_stopped_before_its_job_moves_on() -> None:
+    # A stale heartbeat: the worker may be paused or cut off, not dead.
+    assert stopped(record(JobStatus.STARTED, beat_ago=31), run(RunState.STARTED)) == "r1"
+    assert stopped(record(JobStatus.STARTED), None) == "r1"
+    # A run whose op never began may be a process stuck setting it up.
+    assert stopped(record(JobStatus.QUEUED), run(RunState.STARTED)) == "r1"
+    # No process to stop: never submitted, its task gone from the broker, or its run ended.
+    assert stopped(record(JobStatus.QUEUED), None) is None
+    assert stopped(record(JobStatus.QUEUED), run(RunState.NOT_STARTED)) is None
+    assert stopped(record(JobStatus.QUEUED), run(RunState.QUEUED, in_broker=False)) is None
+    assert stopped(record(JobStatus.QUEUED), run(RunState.STARTING, in_broker=False)) is None
+    assert stopped(record(JobStatus.QUEUED), run(RunState.FAILURE)) is None
+    assert stopped(claimed_retry(), run(RunState.FAILURE)) is None

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from etl_pipelines.errors import JobInputError
-from etl_pipelines.lifecycle import TRANSITIONS, NewJob, Refused, RetrySchedule, events
+from etl_pipelines.lifecycle import TRANSITIONS, ForeignJob, NewJob, Refused, RetrySchedule, events
 from etl_pipelines.store import SYSTEM_ACTOR, JobNotFoundError, JobRecord, JobStateError, JobStatus, JobStore
 
 SCHEDULE = RetrySchedule.explicit((60.0, 300.0))
@@ -386,3 +386,112 @@ def test_a_retry_claimed_after_the_operator_looked_is_not_cancelled(store: JobSt
     with pytest.raises(JobStateError):
         events.retry_cancelled(store, seen, actor="carol", reason=None)
     assert store.require("j1").status == JobStatus.QUEUED
+
+
+def _snapshot(store: JobStore, job_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The whole record and its whole history, to compare byte for byte."""
+    return store.require(job_id).to_dict(), [e.to_dict() for e in store.history(job_id)]
+
+
+def _completed(store: JobStore, job_id: str = "v1") -> JobRecord:
+    new(store, job_id)
+    events.started(store, job_id, job_id)
+    return events.completed(store, job_id, job_id, 55)
+
+
+@pytest.mark.parametrize(
+    ("queue", "problem"),
+    [("low", None), ("urgent", None), ("low", "JobInputError: fibonacci: n: too big"), ("urgent", "E: x")],
+)
+def test_a_forged_job_id_never_touches_the_job_it_names(
+    store: JobStore, queue: str, problem: str | None
+) -> None:
+    """A fresh launch (no parent) tagged with another job's id, or a re-execution of a run that is
+    not the job's current one, is refused before anything is written, whatever else it carries."""
+    _completed(store, "v1")
+    before = _snapshot(store, "v1")
+    forged = _job(id="v1", queue=queue, payload={"n": 2})
+    with pytest.raises(ForeignJob, match="names an existing job"):
+        events.admit_run(store, forged, "x1", parent_run_id=None, queues=QUEUES, problem=problem)
+    with pytest.raises(Refused, match="is on run v1"):
+        events.admit_run(store, forged, "x2", parent_run_id="x1", queues=QUEUES, problem=problem)
+    assert _snapshot(store, "v1") == before
+    # A job queued on its own run is no easier to take.
+    new(store, "v2")
+    before = _snapshot(store, "v2")
+    with pytest.raises(ForeignJob, match="names an existing job"):
+        events.admit_run(store, _job(id="v2", queue=queue), "x3", parent_run_id=None, queues=QUEUES)
+    assert _snapshot(store, "v2") == before
+
+
+@pytest.mark.parametrize("queue", ["low", "urgent"])
+def test_a_fresh_launch_naming_a_job_that_does_not_exist_is_refused(store: JobStore, queue: str) -> None:
+    """A new job's id is its first run's id: a fresh launch tagged with any other id makes nothing."""
+    with pytest.raises(ForeignJob, match="names no job"):
+        events.admit_run(store, _job(id="nobody", queue=queue), "x1", parent_run_id=None, queues=QUEUES)
+    assert store.get("nobody") is None and store.get("x1") is None
+    assert store.list(limit=100) == []
+
+
+def test_a_job_s_own_runs_still_take_it(store: JobStore) -> None:
+    """Due and manual retries and UI re-executions re-execute the job's current run; recovery
+    submits a run the job already has: all of them are admitted."""
+    record = events.admit_run(store, _job(id="o1"), "o1", parent_run_id=None, queues=QUEUES)
+    assert record.run_ids == ["o1"]
+    # Recovery submits the job's run again: nothing changes.
+    before = _snapshot(store, "o1")
+    assert events.admit_run(store, _job(id="o1"), "o1", parent_run_id=None, queues=QUEUES).run_ids == ["o1"]
+    assert _snapshot(store, "o1") == before
+    events.started(store, "o1", "o1")
+    seen = events.attempt_failed(
+        store, store.require("o1"), "o1", error="E", traceback=None, schedule=SCHEDULE
+    )
+    events.claim_due_retry(store, seen)  # framework/retries: then a re-execution of record.run_id
+    retried = events.admit_run(store, _job(id="o1"), "o2", parent_run_id="o1", queues=QUEUES)
+    assert (retried.status, retried.run_ids, retried.retry_count) == (JobStatus.QUEUED, ["o1", "o2"], 1)
+    events.started(store, "o1", "o2")
+    events.completed(store, "o1", "o2", 1)
+    again = events.admit_run(store, _job(id="o1"), "o3", parent_run_id="o2", queues=QUEUES)  # the UI
+    assert again.run_ids == ["o1", "o2", "o3"] and again.status == JobStatus.QUEUED
+    # A re-execution of a run whose job has no record (made before the job table, say) makes one.
+    orphan = events.admit_run(store, _job(id="r0"), "r1", parent_run_id="r0", queues=QUEUES)
+    assert (orphan.id, orphan.run_ids) == ("r0", ["r1"])
+
+
+def test_a_new_job_with_invalid_parameters_fails_at_once(store: JobStore) -> None:
+    """Its record is made so it can be listed, and failed with the reason: no retries, no attempt."""
+    problem = "JobInputError: fibonacci: n: Input should be less than or equal to 20000 (got 20001)"
+    with pytest.raises(Refused, match="less than or equal to 20000"):
+        events.admit_run(
+            store,
+            _job(id="p1", payload={"n": 20001}),
+            "p1",
+            parent_run_id=None,
+            queues=QUEUES,
+            problem=problem,
+        )
+    record = store.require("p1")
+    assert (record.status, record.error, record.retry_count) == (JobStatus.FAILED, problem, 0)
+    assert record.started_at is None and record.next_retry_at is None and record.payload == {"n": 20001}
+    assert [(e.action, e.to_status, e.reason) for e in store.history("p1")] == [
+        ("queued", "queued", None),
+        ("rejected", "failed", problem),
+    ]
+    # A queue problem is named before a parameter problem.
+    with pytest.raises(Refused, match="unknown queue 'urgent'"):
+        events.admit_run(
+            store, _job(id="p2", queue="urgent"), "p2", parent_run_id=None, queues=QUEUES, problem=problem
+        )
+    assert store.require("p2").error.startswith("UnknownQueueError: unknown queue 'urgent'")
+
+
+def test_a_reexecution_with_invalid_parameters_leaves_the_job_alone(store: JobStore) -> None:
+    """A re-execution with bad parameters (edited in the launchpad, or a check that changed since)
+    is refused; the job it re-executes stays as it was (a claimed retry is put back by retries.py)."""
+    _completed(store, "e1")
+    before = _snapshot(store, "e1")
+    with pytest.raises(Refused, match="JobInputError: bad"):
+        events.admit_run(
+            store, _job(id="e1"), "e2", parent_run_id="e1", queues=QUEUES, problem="JobInputError: bad"
+        )
+    assert _snapshot(store, "e1") == before

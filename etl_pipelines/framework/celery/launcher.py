@@ -11,6 +11,7 @@ SQLite file in DAGSTER_HOME (framework/celery/app.py), so it needs no Redis.
 import contextlib
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,14 +30,18 @@ from etl_pipelines.framework._dagster_internal import (
 )
 from etl_pipelines.framework.celery.app import make_celery, sql_broker_database
 from etl_pipelines.framework.celery.task import EXECUTE_RUN_TASK
+from etl_pipelines.framework.fence import end_sessions, is_postgresql
 from etl_pipelines.framework.launch import hand_on
 from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
-from etl_pipelines.lifecycle import events
+from etl_pipelines.lifecycle import admission, events
 from etl_pipelines.lifecycle.diagnosis import BEATS_MISSED, run_alive
 from etl_pipelines.process_cache import ProcessCache
 from etl_pipelines.settings import DEFAULT_QUEUES, Settings
 from etl_pipelines.store import JobStateError, JobStore
 from etl_pipelines.store.models import utcnow
+
+# How long terminate() waits for a revoked attempt to report that it stopped.
+STOP_WAIT_SECONDS = 5.0
 
 
 class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
@@ -192,20 +197,92 @@ class EtlCeleryRunLauncher(RunLauncher, ConfigurableClass):
         finally:
             client.close()
 
+    def stop_attempt(self, run_id: str, target_database_url: str | None = None) -> list[int]:
+        """Stop what may still run of `run_id`'s attempt: its sessions in the target database are
+        ended, their table locks with them (framework/fence.py), and its Celery task is revoked
+        (the pool process running it gets SIGTERM, which a paused process takes when it resumes;
+        Dagster turns it into an interrupt of the op). The pids of the sessions ended; raises if
+        either could not be done (the other is done all the same)."""
+        # The target is the workers' setting, not the instance's: read where it is needed.
+        url = target_database_url or Settings.from_env().target_database_url
+        try:
+            return end_sessions(url, run_id)
+        finally:
+            self.app.control.revoke(run_id, terminate=True)
+
     def terminate(self, run_id: str) -> bool:
+        """Cancel a run, reported CANCELED only once it can do nothing more.
+
+        A run no worker took (its task taken out of the queue, or waiting in its table's line) is
+        cancelled at once. Otherwise its task is revoked (its process gets SIGTERM) and its
+        sessions in the target database are ended; the attempt then reports CANCELED itself as it
+        stops (Dagster does, for a CANCELING run it interrupts). If it does not within
+        STOP_WAIT_SECONDS (a paused or unreachable process), a PostgreSQL target's run is reported
+        CANCELED all the same, saying so: its sessions are gone and it can never reconnect (the
+        fence). Without that (SQLite, or sessions that could not be ended) it stays CANCELING until
+        the attempt stops, or Dagster's run monitoring gives up on it.
+        """
         run = self._instance.get_run_by_id(run_id)
         if run is None or run.is_finished:
             return False
-        self._instance.report_run_canceling(run)
-        self.app.control.revoke(run_id, terminate=True)
-        self._instance.report_run_canceled(run, message="Revoked the run's Celery task.")
         store = JobStore(self.job_database_url)
+        self._instance.report_run_canceling(run)
+        if run.status == dg.DagsterRunStatus.QUEUED and (
+            self.withdraw(run) or admission.waiting(store, run_id)
+        ):
+            # Never taken by a worker; one that takes it after all finds it CANCELING and skips it.
+            self.app.control.revoke(run_id)
+            self._instance.report_run_canceled(
+                run, message="Cancelled before a worker took it: its Celery task was taken out of the queue."
+            )
+        elif not self._stop_and_wait(run):
+            return True  # CANCELING: reported CANCELED when the attempt stops
         # Its job is cancelled, not failed and retried (the op records the same if it sees the
-        # cancellation first), and its process was stopped mid-attempt: nobody else hands its
-        # table on.
+        # cancellation first), and its process may have been stopped mid-attempt: nobody else
+        # hands its table on (hand_on is idempotent if the op did).
         with contextlib.suppress(JobStateError):
             events.cancelled(store, job_id_of(run), run_id, reason="its run was terminated")
         hand_on(self._instance, store, run_id)
+        return True
+
+    def _stop_and_wait(self, run: dg.DagsterRun) -> bool:
+        """Stop a run's attempt; True once the run is finished or known unable to do more."""
+        url = Settings.from_env().target_database_url  # the workers' target, as they read it
+        try:
+            ended = self.stop_attempt(run.run_id, url)
+        except Exception as exc:  # the target database (or the broker) cannot be reached
+            self._instance.report_engine_event(
+                f"Could not stop the run's attempt ({type(exc).__name__}: {exc}); the run stays "
+                "CANCELING until its attempt is known to have stopped.",
+                run,
+            )
+            return False
+        fenced = is_postgresql(url)
+        stopped = (
+            f"Revoked its Celery task (its process is sent SIGTERM) and ended its {len(ended)} "
+            "session(s) in the target database: it can no longer change it."
+            if fenced
+            else "Revoked its Celery task: its process is sent SIGTERM."
+        )
+        self._instance.report_engine_event(stopped, run)
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            now = self._instance.get_run_by_id(run.run_id)
+            if now is None or now.is_finished:
+                return True  # the attempt stopped and said so
+            time.sleep(0.1)
+        if not fenced:
+            self._instance.report_engine_event(
+                f"Its process has not confirmed it stopped within {STOP_WAIT_SECONDS:g} s: the run "
+                "stays CANCELING until it does.",
+                run,
+            )
+            return False
+        self._instance.report_run_canceled(
+            run,
+            message=f"Its process has not confirmed it stopped within {STOP_WAIT_SECONDS:g} s (paused "
+            f"or unreachable?), but it is fenced off the target: {stopped}",
+        )
         return True
 
     def _queue_keys(self, run: dg.DagsterRun) -> list[str]:
