@@ -18,15 +18,19 @@ import sqlalchemy as sa
 from etl_pipelines.framework.attempt import Heartbeat
 from etl_pipelines.framework.fence import (
     FENCE_CLASSID,
+    LEASE_BEATS,
     AttemptSession,
     FenceLost,
     application_name,
+    attempt_done,
+    done_name,
     end_sessions,
     lock_holders,
 )
 from etl_pipelines.framework.instance import get_instance
 from etl_pipelines.jobs.slow_query import SlowQuery
 from etl_pipelines.lifecycle.admission import table_key
+from etl_pipelines.lifecycle.diagnosis import BEATS_MISSED
 from etl_pipelines.resources.database import TargetDatabase
 from etl_pipelines.store import JobStatus, JobStore
 from etl_pipelines_tests.conftest import production_deployment
@@ -214,6 +218,61 @@ def test_a_refused_heartbeat_gives_the_attempt_up_once() -> None:
     with Heartbeat(store, "j1", "r1", 0.05, on_lost=lost.append) as heartbeat:  # type: ignore[arg-type]
         poll(lambda: store.beats >= 3, 10, 0.05, "three beats")
     assert heartbeat.lost and lost == ["job j1 is no longer on this run"]
+
+
+class UnreachableStore:
+    """A job table this worker cannot reach: every beat fails."""
+
+    def __init__(self) -> None:
+        self.beats = 0
+
+    def heartbeat(self, job_id: str, run_id: str, *, retry_seconds: float | None = None) -> bool:
+        self.beats += 1
+        raise sa.exc.OperationalError("UPDATE etl_jobs", {}, Exception("connection refused"))
+
+
+def test_an_attempt_that_cannot_beat_gives_itself_up_before_recovery_may() -> None:
+    store = UnreachableStore()
+    lost: list[str] = []
+    interval = 0.1
+    started = time.monotonic()
+    with Heartbeat(store, "j1", "r1", interval, on_lost=lost.append) as heartbeat:  # type: ignore[arg-type]
+        poll(lambda: heartbeat.lost, 10, 0.02, "the lease to run out")
+        given_up = time.monotonic() - started
+    assert len(lost) == 1 and "could be written" in lost[0] and store.beats >= 2
+    # After LEASE_BEATS intervals without a beat, before recovery's BEATS_MISSED (3).
+    assert LEASE_BEATS * interval <= given_up < BEATS_MISSED * interval + 0.5
+
+
+def test_a_given_up_session_commits_nothing_more(pg_url: str, observer) -> None:
+    with sa.create_engine(pg_url).begin() as connection:
+        connection.execute(sa.text("CREATE TABLE IF NOT EXISTS fence_commit (n int)"))
+        connection.execute(sa.text("TRUNCATE fence_commit"))
+    session = AttemptSession(pg_url, application_name(run_id(), "data_import"))
+    try:
+        with pytest.raises(FenceLost), session.use(None, transaction=True) as connection:
+            connection.execute(sa.text("INSERT INTO fence_commit VALUES (1)"))
+            session.lose("the lease ran out")  # as the heartbeat's watchdog does
+        with pytest.raises(FenceLost):
+            session.connection()
+    finally:
+        session.close()
+    assert observer.execute(sa.text("SELECT count(*) FROM fence_commit")).scalar() == 0
+
+
+def test_a_session_whose_work_is_done_is_left_alone_by_recovery(pg_url: str, observer) -> None:
+    run = run_id()
+    session = AttemptSession(pg_url, application_name(run, "data_import"), run)
+    try:
+        assert not attempt_done(pg_url, run)
+        with session.use(None) as connection:
+            connection.execute(sa.text("SELECT 1"))
+        session.lose("the lease ran out")  # given up, but handle() had returned: done all the same
+        assert session.mark_done()
+        assert sessions_named(observer, done_name(run)) and attempt_done(pg_url, run)
+    finally:
+        session.close()
+    assert not attempt_done(pg_url, run)
 
 
 # -- the real stack: a Celery pool process paused past its heartbeat ------------------------------

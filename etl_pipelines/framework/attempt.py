@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 
 from etl_pipelines.errors import JobTimeoutError, NonRetryableError
 from etl_pipelines.framework.base import BaseJob, JobContext
-from etl_pipelines.framework.fence import AttemptSession, application_name, is_postgresql
+from etl_pipelines.framework.fence import LEASE_BEATS, AttemptSession, application_name, is_postgresql
 from etl_pipelines.framework.launch import hand_on
 from etl_pipelines.framework.retries import schedule_due_retry
 from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
@@ -31,8 +32,11 @@ logger = logging.getLogger(__name__)
 class Heartbeat:
     """While in the block, write the job's heartbeat every `interval` s from a background thread.
 
-    A beat the job table refuses (the job is no longer on this run: recovery gave up on it) calls
-    `on_lost` once, which stops the attempt's work in the target (its fenced session gives up).
+    The attempt gives its work up (`on_lost`, once: its fenced session stops, framework/fence.py)
+    when a beat is refused (the job is no longer on this run: recovery gave up on it), or when no
+    beat could be written for LEASE_BEATS intervals (the job table unreachable from here): the
+    attempt stops itself before recovery, which waits BEATS_MISSED beats, may judge it lost and
+    start its retry.
     """
 
     def __init__(
@@ -50,34 +54,57 @@ class Heartbeat:
         self._on_lost = on_lost
         self.lost = False
         self._interval = interval
+        self._last_beat = time.monotonic()  # started: events.started wrote the first beat
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True),
+            # Apart from the beats: a beat hanging on a silent network must not hold the lease.
+            threading.Thread(target=self._watch, name=f"lease-{job_id}", daemon=True),
+        ]
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                if not self._beat() and not self.lost:
+                if self._beat():
+                    self._last_beat = time.monotonic()
+                else:
                     # Recovery judged this attempt lost and moved the job on: our outcome will be
                     # refused (JobStateError), the job's record stays what recovery decided, and
                     # the work stops now rather than beside the job's next attempt.
-                    self.lost = True
-                    logger.warning(
-                        "job %s is no longer on this run; stopping its work, its outcome will not "
-                        "be recorded",
-                        self._job_id,
-                    )
-                    if self._on_lost is not None:
-                        self._on_lost(f"job {self._job_id} is no longer on this run")
+                    self._give_up(f"job {self._job_id} is no longer on this run")
             except Exception:  # a missed beat is retried at the next interval
                 logger.warning("heartbeat of a running job failed", exc_info=True)
 
+    def _watch(self) -> None:
+        lease = LEASE_BEATS * self._interval
+        while not self._stop.wait(self._interval / 4):
+            silent = time.monotonic() - self._last_beat
+            if silent > lease:
+                self._give_up(
+                    f"no heartbeat of job {self._job_id} could be written for {silent:.1f} s (the job "
+                    "table is unreachable from this worker): the attempt gives its work up before "
+                    "recovery may start its retry"
+                )
+
+    def _give_up(self, reason: str) -> None:
+        with self._lock:
+            if self.lost:
+                return
+            self.lost = True
+        logger.warning("%s; stopping its work, its outcome will not be recorded as a success", reason)
+        if self._on_lost is not None:
+            self._on_lost(reason)
+
     def __enter__(self) -> "Heartbeat":
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
 
 def run_attempt(
@@ -101,7 +128,7 @@ def run_attempt(
     name = application_name(run.run_id, job_cls.job_type())
     # The attempt's target work goes through one fenced session, made on first use (fence.py).
     target_url = settings.target_database_url
-    session = AttemptSession(target_url, name) if is_postgresql(target_url) else None
+    session = AttemptSession(target_url, name, run.run_id) if is_postgresql(target_url) else None
     ctx = JobContext(
         job_id=job_id,
         run_id=run.run_id,
@@ -143,6 +170,10 @@ def _attempt(
                     # while it still ran, must be gone (its session ended) before this one works.
                     session.lock(admission.table_key(target, settings.target_dialect), context.log.warning)
                 output = job.handle(ctx)
+                if session is not None:
+                    # Its work is committed: recovery must not run it again while this attempt
+                    # records its outcome (through a job table outage, say).
+                    session.mark_done()
             except sa.exc.StatementError as exc:  # DBAPIError, or FenceLost wrapped by SQLAlchemy
                 fenced = None if session is None else session.fence_error(exc)
                 if fenced is not None:

@@ -13,6 +13,14 @@ working beside its retry:
   lives, however recovery judged it.
 - **Ending an attempt's sessions** (`end_sessions`): recovery and the operator's terminate end
   every session whose name names the attempt's run; its lock goes with them.
+- **A lease** (framework/attempt.py's Heartbeat): an attempt that has written no heartbeat for
+  LEASE_BEATS beats (the job table unreachable from its worker) gives its session up itself, before
+  recovery (BEATS_MISSED beats) may judge it lost: no statement and no COMMIT of its work goes to
+  the target after that, so recovery's retry never doubles work committed during the outage.
+- **Work done** (`mark_done`): once handle() has returned, its work is committed; the session is
+  renamed etl:<run_id>:done while the attempt records its outcome (through a job table outage, for
+  up to ETL_OUTCOME_RETRY_SECONDS). Recovery leaves such an attempt alone (`attempt_done`): running
+  it again would do its committed work twice.
 
 PostgreSQL only. A SQLite target (the embedded default) has no advisory locks and no sessions to
 end: there the table's line in the job table (lifecycle.admission) is the only guard, and a paused
@@ -39,6 +47,12 @@ LOCK_LOG_SECONDS = 10.0
 END_WAIT_MS = 5000
 # PostgreSQL keeps NAMEDATALEN - 1 bytes of application_name.
 MAX_APPLICATION_NAME = 63
+# The application_name suffix of an attempt whose work is done (handle() returned).
+DONE = "done"
+# An attempt gives itself up after this many heartbeat intervals without a beat written: less than
+# the BEATS_MISSED after which recovery may judge it lost (lifecycle/diagnosis.py), with half a beat
+# for a COMMIT in flight to land.
+LEASE_BEATS = 2.5
 
 _TRY_LOCK = sa.text("SELECT pg_try_advisory_lock(:classid, hashtext(:key))")
 # pg_locks shows the int4 hash as an unsigned oid.
@@ -65,6 +79,28 @@ def application_name(run_id: str, job_type: str) -> str:
     """The application_name of an attempt's sessions: etl:<run_id>:<job_type>, at most 63 bytes
     (Dagster's run ids are 36 characters, so the prefix always survives)."""
     return (attempt_prefix(run_id) + job_type)[:MAX_APPLICATION_NAME]
+
+
+def done_name(run_id: str) -> str:
+    """The application_name of the session of an attempt whose work is done."""
+    return attempt_prefix(run_id) + DONE
+
+
+def attempt_done(url: str, run_id: str) -> bool:
+    """Does the attempt in `run_id` hold a session marked done on `url`'s server (its work is
+    committed, its outcome not yet recorded)? False on SQLite."""
+    if not is_postgresql(url):
+        return False
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(
+                sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
+                {"name": done_name(run_id)},
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return bool(found)
 
 
 def is_postgresql(url: str) -> bool:
@@ -108,9 +144,10 @@ class AttemptSession:
     Used from the attempt's thread; `lose()` may be called from its heartbeat thread.
     """
 
-    def __init__(self, url: str, name: str):
+    def __init__(self, url: str, name: str, run_id: str | None = None):
         self.url = url
         self.name = name
+        self.run_id = run_id
         self._engine: sa.Engine | None = None
         self._connection: sa.Connection | None = None
         self._dbapi: Any = None
@@ -127,6 +164,7 @@ class AttemptSession:
         sa.event.listen(engine, "do_connect", self._connect_once)
         sa.event.listen(engine, "connect", self._remember)
         sa.event.listen(engine, "before_cursor_execute", self._before_execute)
+        sa.event.listen(engine, "commit", self._before_execute)  # runs before the DBAPI commit
         return engine
 
     def _connect_once(self, *_args: Any) -> None:
@@ -182,6 +220,25 @@ class AttemptSession:
         if cancel is not None:
             with contextlib.suppress(Exception):  # nothing running, or already gone
                 cancel()
+
+    def mark_done(self) -> bool:
+        """Rename the session etl:<run_id>:done (handle() returned: its work is committed); True if
+        it was. Through the DBAPI connection, whatever the fence says: a session given up for its
+        lease is still the attempt's, and done; one the server ended cannot be renamed."""
+        dbapi, run_id = self._dbapi, self.run_id
+        if dbapi is None or run_id is None or self._connection is None or self._connection.invalidated:
+            return False
+        try:
+            cursor = dbapi.cursor()
+            try:
+                cursor.execute("SELECT set_config('application_name', %s, false)", (done_name(run_id),))
+            finally:
+                cursor.close()
+            dbapi.commit()
+        except Exception:  # ended meanwhile: recovery judged it already
+            logger.warning("could not mark the session of run %s done", run_id, exc_info=True)
+            return False
+        return True
 
     def close(self) -> None:
         """End the session (its locks go with it)."""

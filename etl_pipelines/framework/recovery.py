@@ -19,7 +19,7 @@ import dagster as dg
 import redis
 
 from etl_pipelines.framework._dagster_internal import run_submitter
-from etl_pipelines.framework.fence import end_sessions, is_postgresql
+from etl_pipelines.framework.fence import attempt_done, end_sessions, is_postgresql
 from etl_pipelines.framework.launch import hand_on, start
 from etl_pipelines.framework.retries import Action, run_failed, submit_new_run
 from etl_pipelines.lifecycle import Finding, RunSnapshot, RunState, Verdict, admission, diagnose, events
@@ -61,6 +61,16 @@ def recover(
                 heartbeat_seconds=settings.heartbeat_seconds,
             )
             if finding is None:
+                continue
+            if finding.stop is not None and _work_done(settings, finding.stop):
+                # Its work is committed and it is still recording its outcome (a worker cut off from
+                # the job table): running it again would do that work twice.
+                logger.warning(
+                    "job %s: its attempt in run %s has done its work and is recording its outcome; "
+                    "left alone",
+                    record.id,
+                    finding.stop,
+                )
                 continue
             if dry_run:
                 actions.append(Action(record.id, f"would {finding.verdict.value}", finding.detail))
@@ -117,6 +127,16 @@ def _release_ended_holders(instance: dg.DagsterInstance, store: JobStore) -> lis
                 Action(claim.job_id, "released", f"table {claim.target}: run {claim.run_id} ended")
             )
     return actions
+
+
+def _work_done(settings: Settings, run_id: str) -> bool:
+    """Has the attempt in `run_id` marked its target session done (framework/fence.py)? False if
+    the target cannot be asked: the attempt is then stopped as any other."""
+    try:
+        return attempt_done(settings.target_database_url, run_id)
+    except Exception as exc:
+        logger.warning("could not ask the target whether run %s's work is done: %s", run_id, exc)
+        return False
 
 
 def stop_attempt(instance: dg.DagsterInstance, settings: Settings, run_id: str) -> str:
