@@ -458,3 +458,46 @@ def test_terminating_a_running_run_ends_its_sessions_before_it_is_reported_cance
         after = SlowQuery.dispatch(duration=0, table=TABLE)
         wait_for_jobs(store, [after.id], 60)
     assert store.require(after.id).status == JobStatus.COMPLETED
+
+
+@pytest.mark.e2e
+def test_a_cancel_its_attempt_never_confirmed_ends_cancelled_not_retried(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """A run left CANCELING (its paused attempt never confirmed the cancel, and it could not be
+    fenced off from here) whose heartbeat goes stale: recovery stops it and cancels the job, it
+    never fails it and queues a retry of what the operator cancelled."""
+    with production_deployment(
+        clean_env,
+        tmp_path / "dagster_home",
+        pg_url,
+        redis_url,
+        redis_prefix,
+        ETL_HEARTBEAT_SECONDS="1",
+        ETL_RECOVERY_GRACE_SECONDS="2",
+    ) as deployment:
+        store = JobStore(deployment.database_url)
+        instance = get_instance()
+        with deployment.worker(concurrency=1):
+            handle = SlowQuery.dispatch(duration=60, table=TABLE)
+            poll(lambda: handle.status() == JobStatus.STARTED, 60, 0.1, "the slow job to start")
+            pid = poll(lambda: pool_pid(handle.id), 30, 0.5, "the pool process running it")
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                run = instance.get_run_by_id(handle.id)
+                assert run is not None
+                instance.report_run_canceling(run)  # what terminate() leaves when it cannot confirm
+                poll(
+                    lambda: deployment.cli("recover").returncode == 0 and handle.status().is_final,
+                    60,
+                    1.0,
+                    "recovery to deal with the cancelled attempt",
+                )
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            record = handle.record()
+            assert record.status == JobStatus.CANCELLED and record.retry_count == 0, record.to_dict()
+            assert record.run_ids == [handle.id]
+            run = instance.get_run_by_id(handle.id)
+            assert run is not None and run.status == dg.DagsterRunStatus.CANCELED
+            assert "waiting_retry" not in [e.action for e in store.history(handle.id)]

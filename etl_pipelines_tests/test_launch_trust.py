@@ -128,6 +128,42 @@ def test_a_forged_job_id_leaves_the_job_it_names_alone(stack: Stack, victim: str
     assert not get_instance().all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
 
 
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def test_a_forged_parent_run_cannot_change_what_the_job_does(stack: Stack, victim: str) -> None:
+    """GraphQL lets a caller name any parent run: a launch naming the job's run as its parent, with
+    other parameters, is refused and the job is untouched (a re-execution runs the job as it was)."""
+    before = snapshot(stack.store, victim)
+    params = {
+        "selector": {
+            "repositoryLocationName": "etl_pipelines",
+            "repositoryName": "__repository__",
+            "jobName": "fibonacci",
+        },
+        "runConfigData": {"ops": {"fibonacci_op": {"config": {"n": 7}}}},
+        "executionMetadata": {
+            "parentRunId": victim,
+            "rootRunId": victim,
+            "tags": [{"key": "etl/job_id", "value": victim}],
+        },
+    }
+    answer = stack.client._execute(LAUNCH_RUN, {"params": params})
+    assert answer["launchRun"]["__typename"] == "LaunchRunSuccess", answer
+    run_id = answer["launchRun"]["run"]["runId"]
+    failed_run(run_id)
+    assert snapshot(stack.store, victim) == before
+    assert not get_instance().all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
+
+
 def test_a_forged_job_id_on_an_unknown_queue_leaves_the_job_alone(stack: Stack, victim: str) -> None:
     """(c) The job id is checked before the queue: nothing is written for the job it names, nor a
     record made under a made-up id."""

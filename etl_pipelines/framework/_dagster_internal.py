@@ -17,6 +17,7 @@ import dagster as dg
 from dagster._cli.api import _execute_run_command_body
 from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 from dagster._core.definitions.selector import JobSubsetSelector
+from dagster._core.errors import DagsterRunAlreadyExists
 from dagster._core.execution.compute_logs import redirect_to_file
 from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
@@ -45,6 +46,7 @@ __all__ = [
     "CheckRunHealthResult",
     "ConfigurableClass",
     "ConfigurableClassData",
+    "DagsterRunAlreadyExists",
     "LaunchRunContext",
     "LocalComputeLogManager",
     "RunCoordinator",

@@ -25,6 +25,7 @@ from etl_pipelines.lifecycle.bounds import bounded_result, is_truncated, scrub_e
 from etl_pipelines.resources import JobStoreResource, TargetDatabase
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStateError, JobStore
+from etl_pipelines.store.resilience import is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ class Heartbeat:
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join()
+            # Bounded: a beat stuck on a silent network must not hold the attempt (daemon threads).
+            thread.join(timeout=self._interval * 2)
 
 
 def run_attempt(
@@ -217,10 +219,28 @@ def _attempt(
     # A result past ETL_MAX_RESULT_BYTES is kept as a summary, in the job table and on the run's
     # page alike (a 50 MB table in the event log would stop the UI from loading the run).
     result = bounded_result(result, settings.max_result_bytes)
-    events.completed(store, job_id, run.run_id, result)
+    _record_completion(store, job_id, run.run_id, result, done=session is not None and session.is_done)
     shown = {} if is_truncated(result) else job.result_metadata(result)
     context.add_output_metadata({"job_id": job_id, "result": result_metadata(result), **shown})
     return result
+
+
+def _record_completion(store: JobStore, job_id: str, run_id: str, result: Any, *, done: bool) -> None:
+    """events.completed, tried through a job table outage. Once the attempt's work is marked done
+    (its target session renamed, fence.py), it never gives up while the outage lasts: giving up
+    would close that session, and recovery would then run the committed work again."""
+    while True:
+        try:
+            events.completed(store, job_id, run_id, result)
+            return
+        except Exception as exc:
+            if not done or not is_transient(exc):
+                raise
+            logger.warning(
+                "job %s: its work is done but its completion cannot be written yet (%s); trying on",
+                job_id,
+                exc,
+            )
 
 
 def _cancelling(context: dg.OpExecutionContext) -> bool:

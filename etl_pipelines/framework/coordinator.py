@@ -128,6 +128,7 @@ def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun, settings: Set
             parent_run_id=run.parent_run_id,
             queues=settings.queues,
             problem=problem,
+            same_params=lambda recorded: _normalised(job_cls, recorded) == _normalised(job_cls, payload),
         )
     except Refused as exc:
         if isinstance(exc, ForeignJob):
@@ -156,6 +157,14 @@ def register_run(instance: dg.DagsterInstance, run: dg.DagsterRun, settings: Set
         instance.add_run_tags(run.run_id, changed)
         run = instance.get_run_by_id(run.run_id) or run
     return run
+
+
+def _normalised(job_cls: type[BaseJob], params: dict[str, Any]) -> Any:
+    """Parameters as the job type reads them (defaults filled in), or as given if they are invalid."""
+    try:
+        return job_cls.from_params(params).model_dump(mode="json")
+    except JobInputError:
+        return params
 
 
 def checked_job(

@@ -1,5 +1,6 @@
 """dispatch(): queue a job and return at once. The record is saved before the run exists."""
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -7,7 +8,7 @@ from typing import Any
 import dagster as dg
 
 from etl_pipelines.errors import JobInputError
-from etl_pipelines.framework._dagster_internal import run_submitter
+from etl_pipelines.framework._dagster_internal import DagsterRunAlreadyExists, run_submitter
 from etl_pipelines.framework.base import BaseJob
 from etl_pipelines.framework.instance import get_instance
 from etl_pipelines.framework.op import run_config_for
@@ -77,25 +78,39 @@ def dispatch(
     if idempotency_key is not None:
         # The job's id is its first run's id, derived from the key: a second call finds the job.
         job_id = job_id_for_key(job_cls.job_type(), idempotency_key)
-        existing = store.get(job_id)
-        if existing is not None:
-            return _same_job(existing, job_cls, queue, payload, idempotency_key, settings)
     else:
         # The job's id is its first run's id; the record exists before the run can start.
         job_id = str(uuid.uuid4())
+    tags = {JOB_ID_TAG: job_id, **run_tags(job, job_cls, queue, settings)}
+    run_config = run_config_for(job_cls, payload)
     instance = get_instance()
     submitter = run_submitter(instance)
+    existing = store.get(job_id) if idempotency_key is not None else None
+    if existing is None:
+        try:
+            events.bootstrap(
+                store, job_cls.new_job(job_id, queue, payload, settings), job_id, must_be_new=True
+            )
+        except JobStateError:
+            if idempotency_key is None:
+                raise
+            existing = store.require(job_id)  # a concurrent call with the key saved it first
+    if existing is not None:
+        handle = _same_job(existing, job_cls, queue, payload, idempotency_key or "", settings)
+        if existing.run_id == job_id and instance.get_run_by_id(job_id) is None:
+            # The call that made it failed before its run existed: submitted now (a concurrent
+            # submission of the same run id fails to create it, and that one stands).
+            with contextlib.suppress(DagsterRunAlreadyExists):
+                submitter.submit(job_cls.job_type(), run_config, tags, run_id=job_id)
+        return handle
     try:
-        events.bootstrap(store, job_cls.new_job(job_id, queue, payload, settings), job_id, must_be_new=True)
-    except JobStateError:
-        if idempotency_key is None:
-            raise
-        # A concurrent call with the same key saved it first: that call's job is this one.
-        return _same_job(store.require(job_id), job_cls, queue, payload, idempotency_key, settings)
-    tags = {JOB_ID_TAG: job_id, **run_tags(job, job_cls, queue, settings)}
-    try:
-        submitter.submit(job_cls.job_type(), run_config_for(job_cls, payload), tags, run_id=job_id)
+        submitter.submit(job_cls.job_type(), run_config, tags, run_id=job_id)
     except BaseException:
+        if idempotency_key is not None:
+            # Another call with the key may already hold this job's handle: the record stays and
+            # recovery submits its run (a record without a submitted run is its "submit" case);
+            # a repeated call returns it.
+            raise
         # Never queued: leave no record claiming it was, and no half-made run. (Unless recovery
         # found the record and submitted its run meanwhile: then the job lives on.)
         run = instance.get_run_by_id(job_id)

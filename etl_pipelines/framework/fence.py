@@ -36,6 +36,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from etl_pipelines.store.engine import network_args
+
 logger = logging.getLogger(__name__)
 
 # The advisory lock of a table is (FENCE_CLASSID, hashtext(table_key)): the two-int form, so
@@ -115,7 +117,8 @@ def lock_holders(connection: sa.Connection, key: str) -> list[tuple[int, str]]:
 
 def end_sessions(url: str, run_id: str, wait_ms: int = END_WAIT_MS) -> list[int]:
     """End every session of the attempt in `run_id` on `url`'s server (its locks are freed with
-    them), waiting for each backend to exit; the pids ended. Nothing to do on SQLite."""
+    them), waiting for each backend to exit; the pids ended. A session marked done is left (its work
+    is committed: it only waits to record its outcome). Nothing to do on SQLite."""
     if not is_postgresql(url):
         return []
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
@@ -127,9 +130,9 @@ def end_sessions(url: str, run_id: str, wait_ms: int = END_WAIT_MS) -> list[int]
                 sa.text(
                     f"SELECT pid, {end} AS ended FROM pg_stat_activity"  # noqa: S608 (no input)
                     " WHERE left(application_name, length(:prefix)) = :prefix"
-                    " AND pid <> pg_backend_pid()"
+                    " AND application_name <> :done AND pid <> pg_backend_pid()"
                 ),
-                {"prefix": attempt_prefix(run_id), "wait_ms": wait_ms},
+                {"prefix": attempt_prefix(run_id), "done": done_name(run_id), "wait_ms": wait_ms},
             ).all()
     finally:
         engine.dispose()
@@ -153,13 +156,16 @@ class AttemptSession:
         self._dbapi: Any = None
         self._lost: str | None = None
         self._in_use = False
+        self.is_done = False
         self._guard = threading.Lock()
 
     # -- the session -------------------------------------------------------------------------
 
     def _make_engine(self) -> sa.Engine:
         engine = sa.create_engine(
-            self.url, poolclass=sa.pool.NullPool, connect_args={"application_name": self.name}
+            self.url,
+            poolclass=sa.pool.NullPool,
+            connect_args={**network_args(self.url), "application_name": self.name},
         )
         sa.event.listen(engine, "do_connect", self._connect_once)
         sa.event.listen(engine, "connect", self._remember)
@@ -215,7 +221,10 @@ class AttemptSession:
         """Give the session up (the job moved on): its running statement is cancelled, every
         later use raises FenceLost. Safe from another thread."""
         self._lost = self._lost or reason
-        dbapi = self._dbapi
+        with self._guard:
+            if self.is_done:
+                return  # its work is committed: nothing left to stop
+            dbapi = self._dbapi
         cancel = getattr(dbapi, "cancel", None)
         if cancel is not None:
             with contextlib.suppress(Exception):  # nothing running, or already gone
@@ -228,16 +237,18 @@ class AttemptSession:
         dbapi, run_id = self._dbapi, self.run_id
         if dbapi is None or run_id is None or self._connection is None or self._connection.invalidated:
             return False
-        try:
-            cursor = dbapi.cursor()
+        with self._guard:  # lose() does not cancel the rename half-way
             try:
-                cursor.execute("SELECT set_config('application_name', %s, false)", (done_name(run_id),))
-            finally:
-                cursor.close()
-            dbapi.commit()
-        except Exception:  # ended meanwhile: recovery judged it already
-            logger.warning("could not mark the session of run %s done", run_id, exc_info=True)
-            return False
+                cursor = dbapi.cursor()
+                try:
+                    cursor.execute("SELECT set_config('application_name', %s, false)", (done_name(run_id),))
+                finally:
+                    cursor.close()
+                dbapi.commit()
+            except Exception:  # ended meanwhile: recovery judged it already
+                logger.warning("could not mark the session of run %s done", run_id, exc_info=True)
+                return False
+            self.is_done = True
         return True
 
     def close(self) -> None:

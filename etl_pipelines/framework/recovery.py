@@ -12,6 +12,7 @@ revoked and its sessions in the target database are ended, so it cannot work bes
 (framework/fence.py; the retry also waits for the table's lock).
 """
 
+import contextlib
 import logging
 from datetime import timedelta
 
@@ -62,12 +63,13 @@ def recover(
             )
             if finding is None:
                 continue
-            if finding.stop is not None and _work_done(settings, finding.stop):
+            if finding.stop is not None and _work_done(settings, finding.stop) is not False:
                 # Its work is committed and it is still recording its outcome (a worker cut off from
-                # the job table): running it again would do that work twice.
+                # the job table), or the target cannot tell: running it again could do that work
+                # twice. Looked at again next round.
                 logger.warning(
-                    "job %s: its attempt in run %s has done its work and is recording its outcome; "
-                    "left alone",
+                    "job %s: its attempt in run %s has done its work and is recording its outcome, "
+                    "or the target cannot say; left alone",
                     record.id,
                     finding.stop,
                 )
@@ -129,14 +131,14 @@ def _release_ended_holders(instance: dg.DagsterInstance, store: JobStore) -> lis
     return actions
 
 
-def _work_done(settings: Settings, run_id: str) -> bool:
-    """Has the attempt in `run_id` marked its target session done (framework/fence.py)? False if
-    the target cannot be asked: the attempt is then stopped as any other."""
+def _work_done(settings: Settings, run_id: str) -> bool | None:
+    """Has the attempt in `run_id` marked its target session done (framework/fence.py)? None if
+    the target cannot be asked: nothing is judged lost on a guess, as with an unreachable broker."""
     try:
         return attempt_done(settings.target_database_url, run_id)
     except Exception as exc:
         logger.warning("could not ask the target whether run %s's work is done: %s", run_id, exc)
-        return False
+        return None
 
 
 def stop_attempt(instance: dg.DagsterInstance, settings: Settings, run_id: str) -> str:
@@ -170,6 +172,20 @@ def _repair(
     if finding.stop is not None:
         # Before anything lets the job move on: the next attempt must find it gone.
         detail = f"{detail}; {stop_attempt(instance, settings, finding.stop)}"
+        if _work_done(settings, finding.stop) is not False:
+            # It marked its work done while we looked (end_sessions leaves a done session): it is
+            # recording its outcome; the job stays as it is.
+            store.record_event(record.id, "recovered", reason=f"{detail}; its work is done: left alone")
+            return Action(record.id, "left alone", f"{detail}; its work is done")
+        if run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
+            # An operator cancelled it and its attempt never confirmed: now stopped, it is cancelled,
+            # never failed and retried.
+            if run.status == dg.DagsterRunStatus.CANCELING:
+                instance.report_run_canceled(run, message=RECOVERY_PREFIX + detail)
+            with contextlib.suppress(JobStateError):
+                events.cancelled(store, record.id, run.run_id, reason=f"cancelled; {detail}")
+            hand_on(instance, store, run.run_id)
+            return Action(record.id, "cancelled", detail)
     if verdict == Verdict.SUBMIT and run is not None:
         run_submitter(instance).submit_created(run)
         store.record_event(record.id, "recovered", reason=detail)

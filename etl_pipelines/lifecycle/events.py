@@ -202,8 +202,13 @@ def admit_run(
     parent_run_id: str | None,
     queues: tuple[str, ...],
     problem: str | None = None,
+    same_params: Callable[[dict[str, Any]], bool] | None = None,
 ) -> JobRecord:
     """A run of `job` was submitted (from anywhere): make the record follow it, or refuse it.
+
+    A re-execution runs the job as it was: its parameters must be the job's own (`same_params`
+    compares the record's with the run's; default: equal), else it is refused, the record untouched
+    (a launch naming the job's run as its parent cannot change what the job does).
 
     Whose job the run is comes first, and nothing is written for a run that may not act for the
     job it names: an existing job is taken only by one of its own runs (in run_ids: a submission
@@ -216,6 +221,13 @@ def admit_run(
     """
     existing = store.get(job.id)
     _check_claim(existing, job, run_id, parent_run_id)
+    if existing is not None and run_id not in existing.run_ids:
+        matches = same_params(existing.payload) if same_params else existing.payload == job.payload
+        if not matches:
+            raise Refused(
+                f"run {run_id} re-executes job {job.id} with other parameters than the job's own;"
+                " a re-execution runs the job as it was (dispatch a new job for other parameters)"
+            )
     reason, error = None, problem
     try:
         check_queue(job.queue, queues)
@@ -307,15 +319,14 @@ def run_queued(
 
 def started(store: JobStore, job_id: str, run_id: str) -> JobRecord:
     """An attempt began in `run_id`, which must be the job's queued run."""
-    now = utcnow()
-    return _apply(
-        store,
-        "started",
-        job_id,
-        run_id=run_id,
-        changes=lambda record: {"started_at": record.started_at or now},
-        heartbeat_at=now,
-    )
+
+    def changes(record: JobRecord) -> dict[str, Any]:
+        # Stamped when the write lands, not when it was first tried: a start written after retries
+        # through a blip must not look like a stale heartbeat to recovery.
+        now = utcnow()
+        return {"started_at": record.started_at or now, "heartbeat_at": now}
+
+    return _apply(store, "started", job_id, run_id=run_id, changes=changes)
 
 
 def completed(store: JobStore, job_id: str, run_id: str, result: Any) -> JobRecord:

@@ -79,7 +79,8 @@ def test_a_retry_after_an_error_raised_once_the_run_was_queued(
     assert handle.id == job_id
     assert instance.get_runs_count() == 1 and [r.id for r in store.list(limit=100)] == [job_id]
 
-    # A first call that failed before its run was queued left nothing: the retry makes the job.
+    # A first call that failed before its run existed keeps its record (another call with the key
+    # may hold its handle already): the retry submits that job's run, and no second job is made.
     def fail(self: RunSubmitter, *args: Any, **kwargs: Any) -> dg.DagsterRun:
         raise ConnectionError("Dagster is down")
 
@@ -87,6 +88,11 @@ def test_a_retry_after_an_error_raised_once_the_run_was_queued(
     with pytest.raises(ConnectionError):
         dispatch("fibonacci", idempotency_key="order-20", n=6)
     monkeypatch.setattr(RunSubmitter, "submit", submit)
-    assert store.get(job_id_for_key("fibonacci", "order-20")) is None
+    order_20 = job_id_for_key("fibonacci", "order-20")
+    assert store.require(order_20).status == JobStatus.QUEUED and instance.get_run_by_id(order_20) is None
     made = dispatch("fibonacci", idempotency_key="order-20", n=6)
-    assert made.id == job_id_for_key("fibonacci", "order-20") and made.status() == JobStatus.QUEUED
+    assert made.id == order_20 and made.status() == JobStatus.QUEUED
+    run = instance.get_run_by_id(order_20)
+    assert run is not None and run.status == dg.DagsterRunStatus.QUEUED
+    assert dispatch("fibonacci", idempotency_key="order-20", n=6).id == order_20
+    assert instance.get_runs_count() == 2

@@ -251,8 +251,20 @@ def test_admission(store: JobStore) -> None:
     with pytest.raises(Refused, match="job a1 is started"):
         events.admit_run(store, _job(id="a1"), "a2", parent_run_id="a1", queues=QUEUES)
     events.completed(store, "a1", "a1", 1)
-    again = events.admit_run(store, _job(id="a1", payload={"n": 2}), "a2", parent_run_id="a1", queues=QUEUES)
-    assert again.run_ids == ["a1", "a2"] and again.payload == {"n": 2} and again.result is None
+    done = store.require("a1")
+    with pytest.raises(Refused, match="other parameters"):  # a re-execution runs the job as it was
+        events.admit_run(store, _job(id="a1", payload={"n": 2}), "a2", parent_run_id="a1", queues=QUEUES)
+    assert store.require("a1").to_dict() == done.to_dict()
+    same = events.admit_run(  # parameters compared as the job type reads them (defaults filled)
+        store, _job(id="a1", payload={}), "a2", parent_run_id="a1", queues=QUEUES, same_params=lambda p: True
+    )
+    assert same.run_ids == ["a1", "a2"] and same.result is None
+    store.delete("a1")
+    events.admit_run(store, _job(id="a1"), "a1", parent_run_id=None, queues=QUEUES)
+    events.started(store, "a1", "a1")
+    events.completed(store, "a1", "a1", 1)
+    again = events.admit_run(store, _job(id="a1"), "a2", parent_run_id="a1", queues=QUEUES)
+    assert again.run_ids == ["a1", "a2"] and again.payload == {"n": 1} and again.result is None
     with pytest.raises(Refused):  # a second re-execution of the same run
         events.admit_run(store, _job(id="a1"), "a3", parent_run_id="a1", queues=QUEUES)
     assert events.admit_run(store, _job(id="a1"), "a2", parent_run_id="a1", queues=QUEUES).run_ids == [
