@@ -1,6 +1,7 @@
 """The fault-injection proxy itself, against a local echo server: forward, cut (reset, refuse,
 blackhole), restore on the same port, delay, stop. No services; well under a second."""
 
+import contextlib
 import socket
 import socketserver
 import threading
@@ -14,8 +15,10 @@ from etl_pipelines_tests.tcp_proxy import TcpProxy
 
 class _Echo(socketserver.BaseRequestHandler):
     def handle(self) -> None:
-        while data := self.request.recv(4096):
-            self.request.sendall(data)
+        # A cut resets the proxy's side of the connection: the echo ends quietly.
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            while data := self.request.recv(4096):
+                self.request.sendall(data)
 
 
 @pytest.fixture(autouse=True)
