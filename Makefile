@@ -30,11 +30,14 @@ test-fast: check
 	$(BIN)/pytest -m "not slow"
 
 # The whole suite, against PostgreSQL and Redis on 127.0.0.1 (see README, Tests). The browser test
-# needs Chromium: installed from Debian's packages if missing.
+# needs Chromium, the alert rules' checks promtool: both installed from Debian's packages if missing.
 test: check
 	@test -x "$${ETL_TEST_CHROMIUM:-/usr/bin/chromium}" || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
 		|| { echo "The browser test needs Chromium: apt-get install chromium, or set ETL_TEST_CHROMIUM" >&2; exit 1; }
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; } \
+		|| echo "promtool not found: the alert rules' promtool checks are skipped (apt-get install prometheus)" >&2
 	$(BIN)/pytest
 
 lint: install

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 
 from etl_pipelines.errors import JobInputError
 from etl_pipelines.store.models import Base as JobTableBase
+from etl_pipelines.store.schema import VERSION_TABLE
 
 # Plain identifiers only: letters, digits and underscores, not starting with a digit, within
 # PostgreSQL's 63-byte limit. Anything else (quotes, spaces, semicolons) is refused, not escaped.
@@ -100,8 +101,13 @@ DAGSTER_TABLES = frozenset(
     }
 )
 
-# ... and the job table's (etl_jobs, its audit trail, the table line), from its own metadata.
-RESERVED_TABLES = DAGSTER_TABLES | frozenset(t.name for t in JobTableBase.metadata.tables.values())
+# ... and the job table's (etl_jobs, its audit trail, the table line), from its own metadata, with
+# its migrations' version table.
+RESERVED_TABLES = (
+    DAGSTER_TABLES
+    | frozenset(t.name for t in JobTableBase.metadata.tables.values())
+    | frozenset({VERSION_TABLE})
+)
 
 
 def is_system_schema(schema: str) -> bool:

@@ -7,12 +7,16 @@ from collections.abc import Callable, Iterator, Sequence
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from etl_pipelines.stats import QUANTILES, queue_stats
+from etl_pipelines.stats import OVERDUE_GRACE, QUANTILES, queue_stats
 from etl_pipelines.store import JobStore
 
 
 class QueueCollector:
-    """Reads the job table when Prometheus scrapes (three indexed queries), never in between."""
+    """Reads the job table when Prometheus scrapes (three indexed queries), never in between.
+
+    Every metric is a gauge computed from the table, so every replica serves the same numbers and a
+    restart resets nothing; failures are the window's count (stats.py says why, not a counter).
+    """
 
     def __init__(self, store: JobStore, queues: Sequence[str]):
         self.store = store
@@ -21,6 +25,7 @@ class QueueCollector:
     def collect(self) -> Iterator[Metric]:
         stats = queue_stats(self.store, self.queues)
         window = f"last {stats.window_seconds / 3600:g} h"
+        grace = OVERDUE_GRACE.total_seconds()
         gauges = {
             "waiting": GaugeMetricFamily(
                 "etl_jobs_waiting", "Jobs queued, not started yet.", labels=["queue"]
@@ -31,6 +36,16 @@ class QueueCollector:
             "running": GaugeMetricFamily("etl_jobs_running", "Jobs started, not finished.", labels=["queue"]),
             "retries_pending": GaugeMetricFamily(
                 "etl_jobs_retries_pending", "Jobs waiting for an automatic retry.", labels=["queue"]
+            ),
+            "retries_overdue": GaugeMetricFamily(
+                "etl_jobs_retries_overdue",
+                f"Jobs waiting for a retry that fell due more than {grace:g} s ago: nothing queued it.",
+                labels=["queue"],
+            ),
+            "oldest_overdue_retry_seconds": GaugeMetricFamily(
+                "etl_jobs_oldest_overdue_retry_seconds",
+                "How long ago the earliest pending retry fell due (absent: none due).",
+                labels=["queue"],
             ),
             "completed_last_window": GaugeMetricFamily(
                 "etl_jobs_completed_recent", f"Jobs completed, {window}.", labels=["queue"]

@@ -88,6 +88,17 @@ def wait_for_http(url: str, timeout: float, alive: Callable[[], bool]) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:g} s")
 
 
+def upgrade_schema(settings: Settings, echo: Callable[[str], None]) -> None:
+    """The job table made or upgraded to this release's schema (`etl-jobs db upgrade`), before any
+    process uses it: the stack owns its deployment. A table newer than this code stops it here."""
+    from etl_pipelines.store.engine import get_engine
+    from etl_pipelines.store.schema import upgrade
+
+    before, after = upgrade(get_engine(settings.database_url))
+    if before != after:
+        echo(f"job table upgraded: {before.describe()} -> {after.describe()}")
+
+
 def recover_at_start(settings: Settings, echo: Callable[[str], None]) -> None:
     """What the last stack left unfinished gets its work back before anything new starts."""
     from etl_pipelines.framework.instance import get_instance
@@ -120,14 +131,15 @@ def run_stack(
     demo: bool,
     echo: Callable[[str], None],
 ) -> int:
-    """Recover lost work, start webserver, daemon and `workers` Celery workers (None: 1) on the
-    settings' broker (Redis, or the SQLite file in DAGSTER_HOME), queue the demo batch if asked;
-    wait for a signal or a death; stop all."""
+    """Upgrade the job table, recover lost work, start webserver, daemon and `workers` Celery
+    workers (None: 1) on the settings' broker (Redis, or the SQLite file in DAGSTER_HOME), queue
+    the demo batch if asked; wait for a signal or a death; stop all."""
     from etl_pipelines.framework.instance import ensure_dagster_home
 
     home = ensure_dagster_home()
     if workers is None:
         workers = 1
+    upgrade_schema(settings, echo)
     recover_at_start(settings, echo)
     workspace = write_workspace(home)
     env = {**os.environ, "DAGSTER_HOME": str(home)}

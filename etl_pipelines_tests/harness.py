@@ -231,3 +231,15 @@ def graphql(url: str, query: str, variables: Mapping[str, Any]) -> dict[str, Any
         body = json.loads(response.read())
     assert "errors" not in body, body
     return body["data"]
+
+
+def pool_pid(run: str) -> int | None:
+    """The pid of the Celery pool process executing `run`'s task (the task id is the run id)."""
+    from etl_pipelines.framework.instance import get_instance
+
+    active = get_instance().run_launcher.app.control.inspect(timeout=2).active() or {}  # type: ignore[attr-defined]
+    for tasks in active.values():
+        for task in tasks:
+            if task.get("id") == run:
+                return task.get("worker_pid")
+    return None

@@ -2,6 +2,7 @@
 in the tests), and its init SQL run against the local PostgreSQL in a database of this module's."""
 
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -25,7 +26,59 @@ def compose() -> dict:
 def test_compose_publishes_on_loopback_only() -> None:
     services = compose()["services"]
     published = {name: s["ports"] for name, s in services.items() if "ports" in s}
-    assert published == {"webserver": ["127.0.0.1:3000:3000"], "metrics": ["127.0.0.1:9464:9464"]}
+    assert published == {
+        "webserver": ["127.0.0.1:3000:3000"],
+        "metrics": ["127.0.0.1:9464:9464"],
+        "prometheus": ["127.0.0.1:9090:9090"],
+        "grafana": ["127.0.0.1:3001:3000"],
+    }
+
+
+MONITORING = {"prometheus", "grafana"}
+
+
+def test_compose_monitoring_is_optional_pinned_and_loads_the_repositorys_files() -> None:
+    """Prometheus and Grafana start only with `--profile monitoring`, from pinned images, with the
+    repository's configuration mounted read-only where each reads it."""
+    config = compose()
+    services = config["services"]
+    assert {name for name, s in services.items() if "profiles" in s} == MONITORING
+    for name in MONITORING:
+        service = services[name]
+        assert service["profiles"] == ["monitoring"], name
+        image, _, tag = service["image"].rpartition(":")
+        assert image and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: pin a release, not {tag!r}"
+        binds = [v.split(":") for v in service["volumes"] if v.startswith("./")]
+        assert binds, name
+        for source, _target, *mode in binds:
+            assert mode == ["ro"], f"{name}: {source} must be mounted read-only"
+            assert (REPO / source).exists(), f"{name}: {source} is not in the repository"
+        named = [v.split(":")[0] for v in service["volumes"] if not v.startswith("./")]
+        assert all(volume in config["volumes"] for volume in named), name
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    mounts = {target: source for source, target, *_ in (v.split(":") for v in prometheus["volumes"])}
+    assert mounts["/etc/prometheus/prometheus.yml"] == "./deploy/prometheus/prometheus.yml"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert mounts["/etc/prometheus/rules"] == "./deploy/prometheus/rules"
+    # What Prometheus scrapes is the metrics service on the port it serves.
+    scrape = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = scrape["scrape_configs"]
+    assert job["job_name"] == "etl_jobs"
+    metrics = services["metrics"]["command"]
+    assert job["static_configs"][0]["targets"] == [f"metrics:{metrics[metrics.index('--port') + 1]}"]
+    assert scrape["rule_files"] == ["rules/*.rules.yml"]  # relative: /etc/prometheus/rules/
+    assert list((REPO / "deploy/prometheus/rules").glob("*.rules.yml"))
+    # Grafana reads the data source and the dashboard provider, which reads the dashboards.
+    mounts = {target: source for source, target, *_ in (v.split(":") for v in grafana["volumes"])}
+    for kind in ("datasources", "dashboards"):
+        assert mounts[f"/etc/grafana/provisioning/{kind}"] == f"./deploy/grafana/provisioning/{kind}"
+    provisioning = REPO / "deploy/grafana/provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())["datasources"]
+    assert source["url"] == "http://prometheus:9090" and source["uid"] == "prometheus"
+    (provider,) = yaml.safe_load((provisioning / "dashboards/etl_pipelines.yml").read_text())["providers"]
+    assert mounts[provider["options"]["path"]] == "./deploy/grafana/dashboards"
+    assert list((REPO / "deploy/grafana/dashboards").glob("*.json"))
+    assert "GF_SECURITY_ADMIN_PASSWORD" in grafana["environment"]
 
 
 def test_compose_jobs_use_their_own_role() -> None:
@@ -121,3 +174,35 @@ def test_jobs_run_as_the_jobs_role(
     record, _ = execute("vacuum_analyze")
     assert record.status == JobStatus.COMPLETED, record.error
     assert sorted(record.result["tables"]) == ["auth.before", "auth.users"]
+    # Imports and syncs stage their rows beside the target, in its schema: no TEMPORARY privilege.
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    (imports / "staff.csv").write_text("id,name\n1,Ada\n2,Bob\n2,Bob again\nx,Cy\n")
+    clean_env.setenv("ETL_IMPORT_DIR", str(imports))
+    params = dict(target_table="auth.staff", columns={"id": "int", "name": "str"}, key_columns=["id"])
+    record, _ = execute("data_import", source_csv="staff.csv", max_rejected_share=0.5, **params)
+    assert record.status == JobStatus.COMPLETED, record.error
+    assert (record.result["rows_written"], record.result["rows_rejected"]) == (2, 1)
+    admin = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    with admin.begin() as connection:
+        connection.execute(sa.text("CREATE SCHEMA src"))
+        connection.execute(
+            sa.text("CREATE TABLE src.items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)")
+        )
+        connection.execute(
+            sa.text("INSERT INTO src.items VALUES (1, 'a', '2026-01-01'), (2, 'b', '2026-01-02')")
+        )
+    clean_env.setenv("ETL_DATABASE_URL_OWNER", pg_url)
+    record, _ = execute(
+        "sync_table", source_database="owner", source_table="src.items", target_table="auth.items"
+    )
+    assert record.status == JobStatus.COMPLETED, record.error
+    assert record.result["rows_inserted"] == 2
+    with admin.begin() as connection:
+        # Nothing of the stages is left in the schema.
+        tables = connection.execute(
+            sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'auth'")
+        ).scalars()
+        assert sorted(tables) == ["before", "items", "staff", "staff_rejects", "users"]
+        connection.execute(sa.text("DROP SCHEMA src CASCADE"))
+    admin.dispose()

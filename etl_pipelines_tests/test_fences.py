@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -34,7 +35,7 @@ from etl_pipelines.lifecycle.diagnosis import BEATS_MISSED
 from etl_pipelines.resources.database import TargetDatabase
 from etl_pipelines.store import JobStatus, JobStore
 from etl_pipelines_tests.conftest import production_deployment
-from etl_pipelines_tests.harness import Deployment, poll, wait_for_jobs
+from etl_pipelines_tests.harness import Deployment, poll, pool_pid, wait_for_jobs
 
 
 @pytest.fixture
@@ -207,7 +208,7 @@ class RefusingStore:
     def __init__(self) -> None:
         self.beats = 0
 
-    def heartbeat(self, job_id: str, run_id: str, *, retry_seconds: float | None = None) -> bool:
+    def heartbeat(self, job_id: str, run_id: str, *, retry_seconds: float | None = None, **_: Any) -> bool:
         self.beats += 1
         return False
 
@@ -226,7 +227,7 @@ class UnreachableStore:
     def __init__(self) -> None:
         self.beats = 0
 
-    def heartbeat(self, job_id: str, run_id: str, *, retry_seconds: float | None = None) -> bool:
+    def heartbeat(self, job_id: str, run_id: str, *, retry_seconds: float | None = None, **_: Any) -> bool:
         self.beats += 1
         raise sa.exc.OperationalError("UPDATE etl_jobs", {}, Exception("connection refused"))
 
@@ -321,16 +322,6 @@ class Sampler(threading.Thread):
             self.error = exc
         finally:
             engine.dispose()
-
-
-def pool_pid(run: str) -> int | None:
-    """The pid of the Celery pool process executing `run`'s task (the task id is the run id)."""
-    active = get_instance().run_launcher.app.control.inspect(timeout=2).active() or {}  # type: ignore[attr-defined]
-    for tasks in active.values():
-        for task in tasks:
-            if task.get("id") == run:
-                return task.get("worker_pid")
-    return None
 
 
 @pytest.mark.e2e

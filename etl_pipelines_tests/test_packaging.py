@@ -1,5 +1,6 @@
 """What the Docker image and a plain `pip install .` get: package data, and a compose file that agrees."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -36,6 +37,44 @@ def test_wheel_carries_the_package_data(tmp_path: Path) -> None:
         "etl_pipelines/definitions.py",
     } <= names
     assert not any(name.startswith("etl_pipelines_tests/") for name in names)
+    migrations = {
+        "etl_pipelines/store/migrations/env.py",
+        "etl_pipelines/store/migrations/script.py.mako",
+        "etl_pipelines/store/migrations/versions/r0001_release_3601def.py",
+        "etl_pipelines/store/migrations/versions/r0002_job_progress.py",
+    }
+    assert migrations <= names, migrations - names
+
+    # Installed from the wheel alone (not this checkout), `etl-jobs db upgrade` finds its migrations.
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    database = tmp_path / "jobs.sqlite"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_") and k != "DAGSTER_HOME"}
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "etl_pipelines.cli", "db", "upgrade"],
+        env={**env, "PYTHONPATH": str(site), "ETL_DATABASE_URL": f"sqlite:///{database}"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
+    )
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert "-> revision" in upgrade.stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import etl_pipelines.store.schema as s; print(s.MIGRATIONS)"],
+        env={**env, "PYTHONPATH": str(site)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert where.stdout.strip() == str(site / "etl_pipelines" / "store" / "migrations"), where
 
 
 def test_compose_agrees_with_the_image_and_the_instance() -> None:

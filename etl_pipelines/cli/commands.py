@@ -44,7 +44,7 @@ def user_error(exc: BaseException) -> str | None:
     """The one line for an error a user can cause (bad input, unreachable storage); None for a bug."""
     if isinstance(exc, (JobInputError, UnknownQueueError, UnknownJobTypeError, SettingsError)):
         return str(exc)
-    if _raised(exc, "etl_pipelines.store", "JobNotFoundError", "JobStateError"):
+    if _raised(exc, "etl_pipelines.store", "JobNotFoundError", "JobStateError", "SchemaVersionError"):
         return str(exc)
     if _raised(exc, "sqlalchemy.exc", "OperationalError"):
         return f"job table unreachable: {getattr(exc, 'orig', exc)}"
@@ -74,6 +74,20 @@ def open_store(settings: Settings | None = None) -> "JobStore":
     from etl_pipelines.store import JobStore
 
     return JobStore((settings or Settings.from_env()).database_url)
+
+
+def _check_job_table(settings: Settings) -> None:
+    """Refuse to start against a job table older or newer than this code (SchemaVersionError names
+    the fix), through a connection of its own, closed again: nothing crosses a worker's fork."""
+    import sqlalchemy as sa
+
+    from etl_pipelines.store import schema
+
+    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    try:
+        schema.ensure(engine)
+    finally:
+        engine.dispose()
 
 
 def dagster_instance() -> "dg.DagsterInstance":
@@ -513,6 +527,7 @@ def worker(queues: str | None, concurrency: int, name: str | None) -> None:
 
     ensure_dagster_home()
     settings = Settings.from_env()
+    _check_job_table(settings)
     # The launcher's broker and redis_key_prefix in dagster.yaml must be these same settings.
     app = make_celery(
         settings.broker_url, key_prefix=settings.redis_key_prefix, default_queue=settings.queues[-1]
@@ -549,6 +564,44 @@ def stack(host: str, port: int, with_demo: bool, workers: int | None, concurrenc
         settings, host, port, workers=workers, concurrency=concurrency, demo=with_demo, echo=click.echo
     )
     sys.exit(code)
+
+
+@cli.group()
+def db() -> None:
+    """The job table's schema (ETL_DATABASE_URL): which revision it is at, and upgrading it."""
+
+
+@db.command("upgrade")
+@clear_errors
+def db_upgrade() -> None:
+    """Make the job table, or upgrade it in place to this release's schema (Alembic migrations).
+
+    Safe to run while another upgrade runs; a table made before migrations is brought to 0001 and
+    upgraded. Processes of this release refuse an older table until this has run.
+    """
+    from etl_pipelines.store.engine import get_engine
+    from etl_pipelines.store.schema import upgrade
+
+    before, after = upgrade(get_engine(Settings.from_env().database_url))
+    if before == after:
+        click.echo(f"job table already at {after.describe()}")
+    else:
+        click.echo(f"job table upgraded: {before.describe()} -> {after.describe()}")
+
+
+@db.command("current")
+@clear_errors
+def db_current() -> None:
+    """Print the job table's schema revision and this release's (exit 1 if they differ)."""
+    from etl_pipelines.store.engine import get_engine
+    from etl_pipelines.store.schema import HEAD, UPGRADE_COMMAND, state
+
+    found = state(get_engine(Settings.from_env().database_url))
+    click.echo(found.describe())
+    if not found.current:
+        hint = "upgrade etl_pipelines" if found.newer else f"run `{UPGRADE_COMMAND}`"
+        click.echo(f"this release needs {HEAD}: {hint}", err=True)
+        sys.exit(1)
 
 
 def main() -> None:

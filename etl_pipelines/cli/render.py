@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from etl_pipelines.lifecycle.progress import describe as progress_line
 from etl_pipelines.store import JobRecord, JobStatus
 from etl_pipelines.store.models import utcnow
 
@@ -83,7 +84,10 @@ def record_view(record: JobRecord) -> Table:
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     for key, value in data.items():
-        text = json.dumps(value) if isinstance(value, (dict, list)) else _cell(value)
+        if key == "progress" and value:
+            text = f"{progress_line(value)}, at {value.get('at', '?')}"
+        else:
+            text = json.dumps(value) if isinstance(value, (dict, list)) else _cell(value)
         table.add_row(key, Text(text, style=STATUS_STYLES.get(text, "") if key == "status" else ""))
     if tb:
         table.add_row("traceback", Text(tb.rstrip()))
@@ -141,6 +145,8 @@ def describe(record: JobRecord, now: datetime) -> str:
         return f"completed{attempt}: {json.dumps(record.result)}"
     if record.status == JobStatus.FAILED:
         return f"failed{attempt}: {record.error}"
+    if record.status == JobStatus.STARTED and record.progress:
+        return f"started{attempt}: {progress_line(record.progress)}"
     return f"{record.status.value}{attempt}"
 
 
@@ -154,11 +160,12 @@ class StatusLine:
     def __init__(self) -> None:
         self.err = Console(stderr=True, highlight=False)
         self.live = self.err.is_terminal
-        self.shown: tuple[JobStatus, int] | None = None
+        self.shown: tuple[JobStatus, int, str | None] | None = None
         self.open = False  # a live line is on screen without its newline
 
     def __call__(self, record: JobRecord) -> None:
-        state = (record.status, record.retry_count)
+        # A long job's progress reports (one per heartbeat) are changes too.
+        state = (record.status, record.retry_count, (record.progress or {}).get("at"))
         line = f"{datetime.now(UTC):%H:%M:%S} {describe(record, utcnow())}"
         if state != self.shown:
             if self.live:

@@ -22,6 +22,7 @@ from etl_pipelines.framework.retries import schedule_due_retry
 from etl_pipelines.framework.tags import QUEUE_TAG, job_id_of
 from etl_pipelines.lifecycle import RetrySchedule, admission, events
 from etl_pipelines.lifecycle.bounds import bounded_result, is_truncated, scrub_error
+from etl_pipelines.lifecycle.progress import Progress
 from etl_pipelines.resources import JobStoreResource, TargetDatabase
 from etl_pipelines.settings import Settings
 from etl_pipelines.store import JobRecord, JobStateError, JobStore
@@ -47,11 +48,13 @@ class Heartbeat:
         run_id: str,
         interval: float,
         on_lost: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
     ):
         # A beat lost to a database blip is not retried for long: the next one is due anyway, and
         # the attempt's end must not wait for a beat stuck in retries.
         self._beat = functools.partial(store.heartbeat, job_id, run_id, retry_seconds=interval)
         self._job_id = job_id
+        self._progress = progress
         self._on_lost = on_lost
         self.lost = False
         self._interval = interval
@@ -67,7 +70,8 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                if self._beat():
+                report = None if self._progress is None else self._progress.unwritten()
+                if self._beat(progress=report):
                     self._last_beat = time.monotonic()
                 else:
                     # Recovery judged this attempt lost and moved the job on: our outcome will be
@@ -141,6 +145,7 @@ def run_attempt(
         timeout=job_cls.timeout(settings),
         session=session,
         application_name=name,
+        progress=Progress(log=context.log.info),
     )
     try:
         return _attempt(context, job, store, record, ctx, schedule)
@@ -163,7 +168,9 @@ def _attempt(
     settings, run, job_id, session = ctx.settings, context.run, ctx.job_id, ctx.session
     on_lost = None if session is None else session.lose
     try:
-        with Heartbeat(store, job_id, run.run_id, settings.heartbeat_seconds, on_lost=on_lost):
+        with Heartbeat(
+            store, job_id, run.run_id, settings.heartbeat_seconds, on_lost=on_lost, progress=ctx.progress
+        ):
             job.validate_input(settings)
             target = job.target()
             try:
@@ -172,6 +179,12 @@ def _attempt(
                     # while it still ran, must be gone (its session ended) before this one works.
                     session.lock(admission.table_key(target, settings.target_dialect), context.log.warning)
                 output = job.handle(ctx)
+                final = ctx.progress.unwritten()
+                if final is not None:  # the last report, which no beat may have carried
+                    with contextlib.suppress(Exception):
+                        store.heartbeat(
+                            job_id, run.run_id, retry_seconds=settings.heartbeat_seconds, progress=final
+                        )
                 if session is not None:
                     # Its work is committed: recovery must not run it again while this attempt
                     # records its outcome (through a job table outage, say).

@@ -3,7 +3,7 @@
 import inspect
 import re
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import dagster as dg
@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from etl_pipelines.errors import JobInputError
 from etl_pipelines.identifiers import allowed_table
 from etl_pipelines.lifecycle import NewJob, RetrySchedule
+from etl_pipelines.lifecycle.progress import Progress
 from etl_pipelines.settings import Settings
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ class JobContext:
     session: "AttemptSession | None" = None
     # application_name of the attempt's connections to other databases (PostgreSQL sources).
     application_name: str | None = None
+    # What handle() reports as it goes (ctx.progress.update(rows_read=...)): written to the job
+    # record with each heartbeat and logged to the run (lifecycle/progress.py).
+    progress: Progress = field(default_factory=Progress)
 
     def connect(self, url: str | None = None) -> AbstractContextManager[sa.Connection]:
         """A connection to the target (or `url`) with the job's statement timeout; commit as you go."""

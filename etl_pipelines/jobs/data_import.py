@@ -1,65 +1,39 @@
+import codecs
+import csv
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import dagster as dg
-import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
 
 from etl_pipelines.framework import BaseJob, JobContext, JobInputError
-from etl_pipelines.identifiers import allowed_table, check_identifier, check_source_table
+from etl_pipelines.identifiers import TableName, allowed_table, check_identifier, check_source_table
+from etl_pipelines.lifecycle.admission import table_key
+from etl_pipelines.loading.columns import COLUMN_TYPES
+from etl_pipelines.loading.reader import Pipe, TextBatch, csv_batches, read_header
+from etl_pipelines.loading.rejects import Rejects, keep_rejects
+from etl_pipelines.loading.stage import Counts, Stage, duplicates, typed_batches, unique_key
 from etl_pipelines.settings import Settings, SettingsError
 
-# Column types a load may declare, and the SQL type a created target table gets for each.
-COLUMN_TYPES: dict[str, sa.types.TypeEngine] = {
-    "int": sa.BigInteger(),
-    "float": sa.Float(),
-    "str": sa.Text(),
-    "bool": sa.Boolean(),
-    "date": sa.Date(),
-    "datetime": sa.DateTime(timezone=True),
-}
-_TRUE = {"true", "t", "yes", "y", "1"}
-_FALSE = {"false", "f", "no", "n", "0"}
-INSERT_CHUNK = 5_000
 # A few bad lines in a large export are loaded around and counted; more than one row in ten is
 # a broken file (wrong delimiter, shifted columns, another export's layout), not dirty data.
 DEFAULT_MAX_REJECTED_SHARE = 0.1
-
-
-def typed_column(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
-    """(values, bad): `raw` (strings, "" for empty) converted to `kind`; `bad` marks unparseable cells."""
-    text = raw.astype("string").str.strip()
-    empty = text.isna() | (text == "")
-    if kind == "str":
-        return text.where(~empty, None).astype(object), pd.Series(False, index=raw.index)
-    if kind in ("int", "float"):
-        numbers = pd.to_numeric(text.where(~empty), errors="coerce")
-        bad = numbers.isna() & ~empty
-        if kind == "int":
-            bad |= numbers.notna() & (numbers % 1 != 0)
-            values = numbers.where(~bad).astype("Int64").astype(object)
-        else:
-            values = numbers.astype(object)
-        return values.where(~empty & ~bad, None), bad
-    if kind == "bool":
-        lowered = text.str.lower()
-        values = lowered.map(lambda v: True if v in _TRUE else False if v in _FALSE else None)
-        return values.astype(object), values.isna() & ~empty
-    if kind in ("date", "datetime"):
-        stamps = pd.to_datetime(text.where(~empty), errors="coerce", utc=True, format="ISO8601")
-        bad = stamps.isna() & ~empty
-        values = stamps.dt.date if kind == "date" else stamps
-        return values.astype(object).where(~empty & ~bad, None), bad
-    raise JobInputError(f"unknown column type {kind!r}; use one of {', '.join(COLUMN_TYPES)}")
+# Rows a database source sends per fetch when it cannot COPY (SQLite).
+FETCH_ROWS = 10_000
 
 
 class DataImport(BaseJob):
-    """Import rows from a CSV file or another database into a table: typed, de-duplicated, one transaction."""
+    """Import rows from a CSV file or another database into a table: streamed, typed, de-duplicated,
+    upserted on its keys, in one transaction; rejected rows kept with their line and reason."""
 
     queue: ClassVar[str] = "medium"
     destructive: ClassVar[bool] = True
-    # Many statements, each under the statement timeout; the attempt as a whole may take hours.
+    # The whole load is one transaction; its stage is filled by COPY statements of 64 MiB each,
+    # and the merge of a large file is one INSERT ... SELECT that may take longer than the default
+    # statement timeout (5 min): an hour per statement, six for the attempt.
+    timeout_seconds: ClassVar[float | None] = 3600
     attempt_seconds: ClassVar[float | None] = 6 * 3600
 
     source_csv: str | None = Field(
@@ -77,7 +51,21 @@ class DataImport(BaseJob):
     )
     key_columns: list[str] = Field(
         default_factory=list,
-        description="Rows with equal keys are duplicates (the first is kept); empty: whole rows.",
+        description="Rows with equal keys are duplicates (the first in the source is kept) and "
+        "replace the target's row with those keys (an upsert: the keys must be the target's primary "
+        "key or a unique constraint; a table created by the import gets them as its primary key); "
+        "empty: equal whole rows are duplicates, and rows are appended.",
+    )
+    encoding: str = Field(
+        default="utf-8",
+        description="The CSV file's text encoding (Python's codec names: utf-8, latin-1, cp1252, ...); "
+        "with utf-8, a row holding bytes that are not UTF-8 is rejected.",
+    )
+    reject_table: str | None = Field(
+        default=None,
+        description="schema.table that receives the rejected rows (line, reason, text; the first 1,000 "
+        "of each attempt, replacing the job's earlier ones), created if missing; default "
+        "<target_table>_rejects.",
     )
     replace: bool = Field(
         default=False, description="Delete the target's rows before loading (refused with no rows to load)."
@@ -102,6 +90,15 @@ class DataImport(BaseJob):
     def target(self) -> str:
         return self.target_table
 
+    def rejects(self) -> TableName:
+        if self.reject_table:
+            return TableName.parse(self.reject_table)
+        target = TableName.parse(self.target_table)
+        return TableName(target.schema, check_identifier(f"{target.name}_rejects", "table name"))
+
+    def tables(self) -> list[str]:
+        return [self.target_table, str(self.rejects())]
+
     def validate_input(self, settings: Settings) -> None:
         super().validate_input(settings)  # the target: schema-qualified, in an allowed schema
         if (self.source_csv is None) == (self.source_table is None):
@@ -122,6 +119,14 @@ class DataImport(BaseJob):
                 raise JobInputError(f"{name!r} is not among the loaded columns")
         if self.source_csv is not None:
             self.csv_path(settings)
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise JobInputError(f"unknown encoding {self.encoding!r}") from None
+        if table_key(str(self.rejects()), settings.target_dialect) == table_key(
+            self.target_table, settings.target_dialect
+        ):
+            raise JobInputError(f"reject_table {self.rejects()} is the target table")
 
     def csv_path(self, settings: Settings) -> Path:
         """The CSV file, which must lie inside ETL_IMPORT_DIR."""
@@ -133,78 +138,66 @@ class DataImport(BaseJob):
             raise JobInputError(f"source_csv {self.source_csv!r} is outside ETL_IMPORT_DIR ({base})")
         return path
 
-    def extract(self, ctx: JobContext) -> tuple[pd.DataFrame, int, list[list[str]]]:
-        """(frame of strings, rows read, malformed rows as read)."""
+    def _source(self, ctx: JobContext) -> Iterator[TextBatch]:
+        """The source's loaded columns as text batches (streamed: a few blocks in memory)."""
         if self.source_csv is not None:
-            return self._read_csv(self.csv_path(ctx.settings))
+            path = self.csv_path(ctx.settings)
+            if not path.is_file():
+                raise JobInputError(f"no such file: {path}")
+            with path.open("rb") as stream:
+                header = read_header(stream, self.encoding, path.name)
+                yield from csv_batches(
+                    stream, list(self.columns), name=path.name, header=header, encoding=self.encoding
+                )
+            return
         try:
             url = ctx.settings.named_database_url(self.source_database or "")
         except SettingsError as exc:
             raise JobInputError(str(exc)) from None
+        name = check_source_table(self.source_table or "")
         with ctx.connect(url) as connection:
-            table = check_source_table(self.source_table or "").quoted(connection.dialect)
-            frame = pd.read_sql_query(sa.text(f"SELECT * FROM {table}"), connection)  # noqa: S608 (quoted)
-        missing = sorted(set(self.columns) - set(frame.columns))
-        if missing:
-            raise JobInputError(f"{self.source_table} has no column(s) {', '.join(missing)}")
-        frame = frame[list(self.columns)].astype("string").fillna("")
-        return frame, len(frame), []
-
-    def _read_csv(self, path: Path) -> tuple[pd.DataFrame, int, list[list[str]]]:
-        if not path.is_file():
-            raise JobInputError(f"no such file: {path}")
-        malformed: list[list[str]] = []
-
-        def bad_line(fields: list[str]) -> None:
-            malformed.append(fields)  # a row with more fields than the header; dropped
-
-        try:
-            frame = pd.read_csv(
-                path,
-                dtype=str,
-                keep_default_na=False,
-                engine="python",
-                on_bad_lines=bad_line,
-                skip_blank_lines=True,
+            found = {c["name"] for c in sa.inspect(connection).get_columns(name.name, schema=name.schema)}
+            missing = sorted(set(self.columns) - found)
+            if missing:
+                raise JobInputError(f"{self.source_table} has no column(s) {', '.join(missing)}")
+            preparer = connection.dialect.identifier_preparer
+            query = (
+                f"SELECT {', '.join(preparer.quote(c) for c in self.columns)} "  # noqa: S608 (quoted)
+                f"FROM {name.quoted(connection.dialect)}"
             )
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-            raise JobInputError(f"cannot parse {path.name}: {exc}") from None
-        missing = sorted(set(self.columns) - set(frame.columns))
-        if missing:
-            raise JobInputError(
-                f"cannot import {path.name}: no column(s) {', '.join(missing)} in its header "
-                f"({', '.join(map(str, frame.columns))})"
-            )
-        return frame[list(self.columns)], len(frame) + len(malformed), malformed
+            with Pipe(_exporter(connection, query, list(self.columns)), f"export-{ctx.job_id}") as pipe:
+                yield from csv_batches(
+                    pipe.reader, list(self.columns), name=str(self.source_table), header=list(self.columns)
+                )
+                pipe.raise_error()
 
     def result_metadata(self, result: dict[str, Any]) -> dict[str, dg.MetadataValue]:
-        return {k: dg.MetadataValue.int(v) for k, v in result.items() if k.startswith(("rows_", "dup"))}
+        shown: dict[str, dg.MetadataValue] = {
+            k: dg.MetadataValue.int(v) for k, v in result.items() if k.startswith(("rows_", "dup"))
+        }
+        rejected = result.get("rejected") or {}
+        if rejected.get("first"):
+            lines = "\n".join(f"| {r['line']} | {r['reason']} |" for r in rejected["first"])
+            shown["rejected rows"] = dg.MetadataValue.md(
+                f"{result['rows_rejected']:,} rejected, by kind: {rejected['by_kind']}; the first "
+                f"{len(rejected['first'])} (all kept rows in `{result['reject_table']}`):\n\n"
+                f"| line | reason |\n|---|---|\n{lines}"
+            )
+        return shown
 
     def handle(self, ctx: JobContext) -> dict[str, Any]:
-        raw, rows_read, malformed = self.extract(ctx)
-        typed = pd.DataFrame(index=raw.index)
-        bad = pd.Series(False, index=raw.index)
-        for name, kind in self.columns.items():
-            typed[name], column_bad = typed_column(raw[name], kind)
-            bad |= column_bad
-        rejected = int(bad.sum()) + len(malformed)
-        typed = typed[~bad]
-        duplicated = typed.duplicated(subset=self.key_columns or None, keep="first")
-        typed = typed[~duplicated]
-        rows = typed.to_dict(orient="records")
-        # Refused before the target is touched (or created): the job fails at once, no retries.
-        if rows_read and rejected / rows_read > self.max_rejected_share:
-            raise JobInputError(
-                f"{rejected} of {rows_read} rows rejected ({rejected / rows_read:.0%}), more than "
-                f"max_rejected_share {self.max_rejected_share:.0%}: {self.target_table} left unchanged"
-            )
-        if self.replace and not rows:
-            raise JobInputError(
-                f"replace=True with no rows to load ({rows_read} read, {rejected} rejected) would "
-                f"empty {self.target_table}: left unchanged"
+        target = allowed_table(self.target_table, ctx.settings.allowed_schemas)
+        rejects, counts = Rejects(), Counts()
+
+        def report(phase: str) -> None:
+            ctx.progress.update(
+                phase=phase,
+                rows_read=counts.rows_read,
+                rows_rejected=rejects.count,
+                rows_staged=counts.rows_staged,
             )
 
-        target = allowed_table(self.target_table, ctx.settings.allowed_schemas)
+        report("reading")
         table = sa.Table(
             target.name,
             sa.MetaData(),
@@ -214,22 +207,108 @@ class DataImport(BaseJob):
             ),
             schema=target.schema,
         )
-        with ctx.begin() as connection:
-            table.create(connection, checkfirst=True)
-            if self.replace:
-                connection.execute(table.delete())
-            for start in range(0, len(rows), INSERT_CHUNK):
-                connection.execute(table.insert(), rows[start : start + INSERT_CHUNK])
+        parsed = False
+        try:
+            # One transaction: the stage, the checks and the merge. Whatever fails, the target is
+            # as it was (the stage is a temporary table dropped with the transaction).
+            with ctx.begin() as connection:
+                stage = Stage(connection, self.columns, schema=target.schema)
+                batches = self._source(ctx)
+                stage.load(typed_batches(batches, self.columns, rejects, counts, lambda: report("reading")))
+                parsed = True
+                refused = self._refusal(counts, rejects)
+                if refused is not None:
+                    raise refused
+                report("merging")
+                table.create(connection, checkfirst=True)
+                if self.key_columns and not unique_key(sa.inspect(connection), target, self.key_columns):
+                    raise JobInputError(
+                        f"key_columns ({', '.join(self.key_columns)}) are not a primary key or unique "
+                        f"constraint of {target}: rows cannot be matched by them"
+                    )
+                written = stage.merge(table, self.key_columns, self.replace)
+                for line, first, key in duplicates(stage, self.key_columns, rejects.room()):
+                    reason = f"duplicate of line {first} ({key}): the first is loaded"
+                    rejects.add("duplicate", line, reason, key, counted=False)
+                stage.drop()
+        except JobInputError:
+            if parsed and rejects.kept:  # refused: the rejected rows say why
+                self._keep(ctx, rejects)
+            raise
+        if rejects.kept:
+            self._keep(ctx, rejects)
+        left_out = counts.rows_staged - written  # duplicates of an earlier row
+        ctx.progress.update(phase="done", rows_written=written)
         ctx.log.info(
-            f"{self.target_table}: read {rows_read}, rejected {rejected}, "
-            f"duplicates {int(duplicated.sum())}, written {len(rows)}"
+            f"{self.target_table}: read {counts.rows_read}, rejected {rejects.count}, "
+            f"duplicates {left_out}, written {written}"
         )
         return {
             "source": self.source_csv or f"{self.source_database}:{self.source_table}",
             "target_table": self.target_table,
-            "rows_read": rows_read,
-            "rows_rejected": rejected,
-            "rows_malformed": len(malformed),
-            "duplicates": int(duplicated.sum()),
-            "rows_written": len(rows),
+            "rows_read": counts.rows_read,
+            "rows_rejected": rejects.count,
+            "rows_malformed": rejects.by_kind.get("malformed", 0),
+            "duplicates": left_out,
+            "rows_written": written,
+            "reject_table": str(self.rejects()) if rejects.kept else None,
+            "rejected": rejects.summary() if rejects.kept else None,
         }
+
+    def _keep(self, ctx: JobContext, rejects: Rejects) -> None:
+        """The attempt's rejected rows into the reject table, replacing the job's earlier ones."""
+        with ctx.begin() as connection:
+            keep_rejects(connection, self.rejects(), ctx.job_id, ctx.run_id, rejects)
+
+    def _refusal(self, counts: Counts, rejects: Rejects) -> JobInputError | None:
+        """Why the load must not go ahead (the job fails at once, no retries), or None."""
+        read, rejected = counts.rows_read, rejects.count
+        if read and rejected / read > self.max_rejected_share:
+            return JobInputError(
+                f"{rejected} of {read} rows rejected ({rejected / read:.0%}), more than "
+                f"max_rejected_share {self.max_rejected_share:.0%}: {self.target_table} left unchanged "
+                f"(rejected rows in {self.rejects()})"
+            )
+        if self.replace and not counts.rows_staged:
+            return JobInputError(
+                f"replace=True with no rows to load ({read} read, {rejected} rejected) would "
+                f"empty {self.target_table}: left unchanged"
+            )
+        return None
+
+
+def _exporter(connection: sa.Connection, query: str, columns: list[str]):
+    """Writes the query's rows as CSV with a header: PostgreSQL's own COPY, else a cursor."""
+
+    def export(out: BinaryIO) -> None:
+        if connection.dialect.name == "postgresql":
+            cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", out)
+            finally:
+                cursor.close()
+            return
+        text = _TextOut(out)
+        writer = csv.writer(text)
+        writer.writerow(columns)
+        result = connection.execution_options(stream_results=True, yield_per=FETCH_ROWS).execute(
+            sa.text(query)
+        )
+        for rows in result.partitions(FETCH_ROWS):
+            writer.writerows(rows)
+        text.flush()
+
+    return export
+
+
+class _TextOut:
+    """csv.writer's text into a binary stream, UTF-8."""
+
+    def __init__(self, out: BinaryIO):
+        self._out = out
+
+    def write(self, text: str) -> int:
+        return self._out.write(text.encode("utf-8", "surrogateescape"))
+
+    def flush(self) -> None:
+        self._out.flush()

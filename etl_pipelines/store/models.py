@@ -102,6 +102,9 @@ class JobRecord(Base):
     # Written every ETL_HEARTBEAT_SECONDS by the process running an attempt: a stale heartbeat on a
     # started job means that process is gone (recovery).
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # What a running attempt reports of its work so far (rows read and written, rows per second,
+    # when): written while it runs, kept after it ends; None for job types that report nothing.
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data (timestamps in ISO 8601)."""

@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 
 from etl_pipelines.settings import max_result_bytes as _max_result_bytes
 from etl_pipelines.settings import outcome_retry_seconds
+from etl_pipelines.store import schema
 from etl_pipelines.store.engine import create_engine, get_engine
-from etl_pipelines.store.models import Base, JobEvent, JobRecord, JobStatus, TableClaim, utcnow
+from etl_pipelines.store.models import JobEvent, JobRecord, JobStatus, TableClaim, utcnow
 from etl_pipelines.store.resilience import WritePolicy, retry_write
 
 # The actor of what the system does by itself; people are recorded by OS user or --actor.
@@ -33,7 +34,7 @@ class JobStateError(ValueError):
 
 
 class JobStore:
-    """The job table at `url` (created on first use).
+    """The job table at `url` (created on first use in an empty database).
 
     Its writes (insert, transition, heartbeat, record_event, mark_alerted, delete, join_line,
     leave_line; not promote) try again through a lost connection for `retry_seconds`
@@ -58,13 +59,15 @@ class JobStore:
         self.max_result_bytes = (
             _max_result_bytes(os.environ) if max_result_bytes is None else max_result_bytes
         )
+        # An empty database gets the job table; one older or newer than this code is refused
+        # (SchemaVersionError: `etl-jobs db upgrade` upgrades it). Checked once per process.
         if engine is not None:  # an engine of the caller's (the unit tier's in-memory SQLite)
             self.engine = engine
-            create_schema(engine)
+            schema.ensure(engine)
             return
         self.engine = get_engine(url)
         if url not in _schema_ready:
-            create_schema(self.engine)
+            schema.ensure(self.engine)
             _schema_ready.add(url)
 
     @classmethod
@@ -273,8 +276,16 @@ class JobStore:
             session.add(_event(record, action, before, actor, reason, token))
         return record
 
-    def heartbeat(self, job_id: str, run_id: str, *, retry_seconds: float | None = None) -> bool:
-        """The attempt in `run_id` is alive (no audit row: not a change of state).
+    def heartbeat(
+        self,
+        job_id: str,
+        run_id: str,
+        *,
+        retry_seconds: float | None = None,
+        progress: dict[str, Any] | None = None,
+    ) -> bool:
+        """The attempt in `run_id` is alive (no audit row: not a change of state), and how far its
+        work has come (`progress`, if it reported something new).
 
         Tried again through a lost connection like every write, for `retry_seconds` if given (a
         beater that beats again soon anyway may want less than the store's deadline).
@@ -291,7 +302,11 @@ class JobStore:
                     .where(JobRecord.id == job_id, JobRecord.run_id == run_id)
                     .where(JobRecord.status == JobStatus.STARTED)
                     # updated_at stays: a beat is not a change of the job (recovery's grace reads it).
-                    .values(heartbeat_at=utcnow(), updated_at=JobRecord.updated_at)
+                    .values(
+                        heartbeat_at=utcnow(),
+                        updated_at=JobRecord.updated_at,
+                        **({} if progress is None else {"progress": progress}),
+                    )
                     .execution_options(synchronize_session=False),
                 )
             return changed == 1
@@ -508,36 +523,6 @@ def _event(
 
 
 def create_schema(engine: sa.Engine) -> None:
-    """Create the job table and its indexes where missing (safe to race from several processes)."""
-    try:
-        Base.metadata.create_all(engine)
-    except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
-        # Two processes created it at once (PostgreSQL reports a duplicate type or relation);
-        # the second attempt finds everything in place.
-        Base.metadata.create_all(engine)
-    _add_missing_columns(engine)
-
-
-# Columns added since the table was first made (create_all adds tables, never columns): all nullable.
-_ADDED_COLUMNS = ((JobEvent.__tablename__, "token"),)
-
-
-def _add_missing_columns(engine: sa.Engine) -> None:
-    inspector = sa.inspect(engine)
-    for table_name, name in _ADDED_COLUMNS:
-        table = Base.metadata.tables[table_name]
-        if name in {column["name"] for column in inspector.get_columns(table_name)}:
-            continue
-        column = table.c[name]
-        preparer = engine.dialect.identifier_preparer
-        statement = (
-            f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)} "
-            f"{column.type.compile(dialect=engine.dialect)}"
-        )
-        try:
-            with engine.begin() as connection:
-                connection.execute(sa.text(statement))
-        except (sa.exc.ProgrammingError, sa.exc.OperationalError):
-            # Another process added it just now ("duplicate column"); anything else shows here.
-            if name not in {column["name"] for column in sa.inspect(engine).get_columns(table_name)}:
-                raise
+    """Make the job table or upgrade it to this code's schema (store.schema.upgrade: Alembic
+    migrations; safe to run from several processes at once)."""
+    schema.upgrade(engine)

@@ -51,7 +51,27 @@ def test_data_import_csv_counts_and_types(target: sa.Engine, import_dir: Path) -
         "rows_malformed": 1,
         "duplicates": 1,  # the second id 2
         "rows_written": 3,
+        "reject_table": "auth.staff_rejects",
+        "rejected": {
+            "by_kind": {"salary: not a float": 1, "malformed": 1, "joined: not a date": 1},
+            "first": [
+                {"line": 4, "reason": "duplicate of line 3 (id=2): the first is loaded"},
+                {"line": 5, "reason": "salary: 'not-a-number' is not a float"},
+                {"line": 6, "reason": "malformed: 7 fields, the header has 6"},
+                {"line": 7, "reason": "joined: 'not-a-date' is not a date"},
+            ],
+        },
     }
+    with target.connect() as connection:
+        kept = connection.execute(
+            sa.text("SELECT line, reason, row_text FROM auth.staff_rejects ORDER BY line")
+        ).all()
+    assert [(r.line, r.row_text) for r in kept] == [
+        (4, "id=2"),
+        (5, "3,Cy,sales,not-a-number,2022-05-06"),
+        (6, "4,Di,di@example.com,finance,90000,2023-07-08,extra-field"),
+        (7, "5,Ed,finance,80000,not-a-date"),
+    ]
     with target.connect() as connection:
         rows = connection.execute(
             sa.text("SELECT id, name, salary, joined FROM auth.staff ORDER BY id")
@@ -63,9 +83,27 @@ def test_data_import_csv_counts_and_types(target: sa.Engine, import_dir: Path) -
     ]
     assert str(rows[0].joined).startswith("2020-01-02")
 
-    # replace=True reloads; appending the same keys again would violate the key.
+    # replace=True reloads; without it, rows with the same keys replace the target's (an upsert).
     record, _ = execute("data_import", source_csv="users.csv", replace=True, **params)
     assert record.status == JobStatus.COMPLETED and count(target, "auth.staff") == 3
+    (import_dir / "users.csv").write_text(
+        "id,name,department,salary,joined\n6,Flo,sales,1,2024-09-10\n7,Gus,it,2,\n"
+    )
+    record, _ = execute("data_import", source_csv="users.csv", **params)
+    assert record.status == JobStatus.COMPLETED and record.result["rows_written"] == 2
+    with target.connect() as connection:
+        rows = connection.execute(sa.text("SELECT id, department, joined FROM auth.staff ORDER BY id")).all()
+    assert [(r.id, r.department, r.joined) for r in rows][-2:] == [
+        (6, "sales", rows[-2].joined),
+        (7, "it", None),
+    ]
+    assert count(target, "auth.staff") == 4 and record.result["reject_table"] is None
+    # Each job's rejected rows are its own: the two earlier imports' three each, none of this one.
+    with target.connect() as connection:
+        jobs = connection.execute(
+            sa.text("SELECT job_id, count(*) AS n FROM auth.staff_rejects GROUP BY job_id")
+        ).all()
+    assert sorted(n for _, n in jobs) == [4, 4] and record.id not in {job for job, _ in jobs}
 
 
 @pytest.mark.parametrize(

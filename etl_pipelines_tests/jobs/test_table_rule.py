@@ -104,6 +104,12 @@ CASES: dict[str, Callable[[str], dict[str, Any]]] = {
     "archive_old_rows.table": lambda t: {"table": t},
     "archive_old_rows.archive_table": lambda t: {"table": "auth.events", "archive_table": t},
     "data_import.target_table": lambda t: {"source_csv": "a.csv", "target_table": t, "columns": {"a": "str"}},
+    "data_import.reject_table": lambda t: {
+        "source_csv": "a.csv",
+        "target_table": "auth.t",
+        "reject_table": t,
+        "columns": {"a": "str"},
+    },
     "sync_table.target_table": lambda t: {"source_database": "w", "source_table": "s.t", "target_table": t},
 }
 # Tables read from another named database: any schema there, never a catalog.
