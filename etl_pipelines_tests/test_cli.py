@@ -271,6 +271,15 @@ def test_unreachable_job_table_is_a_clear_error(pg_deployment: Deployment) -> No
     assert out.stderr.startswith("Error: job table unreachable:"), out.stderr
 
 
+def test_a_worker_on_redis_without_dagster_home_is_refused(pg_deployment: Deployment) -> None:
+    """It would open the embedded default's SQLite instance and drop every run Redis sends it."""
+    env = {k: v for k, v in pg_deployment.env.items() if k != "DAGSTER_HOME"}
+    out = subprocess.run(
+        [str(BIN / "etl-jobs"), "worker"], env=env, capture_output=True, text=True, timeout=60, cwd="/tmp"
+    )
+    assert out.returncode == 2 and "DAGSTER_HOME is not set" in out.stderr, out.stderr
+
+
 @pytest.mark.e2e
 def test_list_failed_jobs(sqlite_deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
     sqlite_deployment.env["ETL_RETRY_DELAYS"] = ""  # fail at the first error

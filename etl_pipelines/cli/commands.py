@@ -8,6 +8,7 @@ SQLAlchemy (~0.25 s) and rich. test_cli checks which modules these commands load
 import functools
 import getpass
 import json
+import os
 import re
 import sys
 import time
@@ -525,6 +526,14 @@ def worker(queues: str | None, concurrency: int, name: str | None) -> None:
     from etl_pipelines.framework.celery.app import make_celery, sql_broker_database, worker_argv
     from etl_pipelines.framework.instance import ensure_dagster_home
 
+    if os.environ.get("ETL_REDIS_URL") and not os.environ.get("DAGSTER_HOME"):
+        # Else it would open the embedded default's instance (SQLite in ./.dagster_home), find
+        # none of the runs Redis sends it, and drop every task.
+        raise click.UsageError(
+            "DAGSTER_HOME is not set: set it to a directory holding the deployment's dagster.yaml "
+            "(a copy of the repository's), or to the embedded default's ($PWD/.dagster_home) for a "
+            "worker beside `etl-jobs stack`"
+        )
     ensure_dagster_home()
     settings = Settings.from_env()
     _check_job_table(settings)

@@ -24,9 +24,17 @@ from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLa
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.remote_representation.external import RemoteJob
 from dagster._core.run_coordinator.base import RunCoordinator
-from dagster._core.storage.compute_log_manager import CapturedLogContext
+from dagster._core.storage.cloud_storage_compute_log_manager import (
+    CloudStorageComputeLogManager,
+    PollingComputeLogSubscriptionManager,
+)
+from dagster._core.storage.compute_log_manager import (
+    CapturedLogContext,
+    CapturedLogSubscription,
+    ComputeIOType,
+)
 from dagster._core.storage.defs_state.base import set_defs_state_storage
-from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION, LocalComputeLogManager
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG, ROOT_RUN_ID_TAG, TAGS_TO_MAYBE_OMIT_ON_RETRY
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
@@ -39,16 +47,22 @@ from etl_pipelines.settings import LOCATION_NAME
 
 DEFINITIONS_MODULE = "etl_pipelines.definitions"
 
-# Re-exported for the run coordinator, the Celery run launcher and the compute log manager, which
-# must subclass Dagster's interfaces.
+# Re-exported for the run coordinator, the Celery run launcher and the compute log managers, which
+# must subclass Dagster's interfaces (compute_logs.py: the local and the "cloud storage" managers,
+# whose capture-locally-then-upload protocol the database manager implements).
 __all__ = [
+    "IO_TYPE_EXTENSION",
     "CapturedLogContext",
+    "CapturedLogSubscription",
     "CheckRunHealthResult",
+    "CloudStorageComputeLogManager",
+    "ComputeIOType",
     "ConfigurableClass",
     "ConfigurableClassData",
     "DagsterRunAlreadyExists",
     "LaunchRunContext",
     "LocalComputeLogManager",
+    "PollingComputeLogSubscriptionManager",
     "RunCoordinator",
     "RunLauncher",
     "RunSubmitter",

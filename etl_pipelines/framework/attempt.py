@@ -31,6 +31,40 @@ from etl_pipelines.store.resilience import is_transient
 logger = logging.getLogger(__name__)
 
 
+class JobLog:
+    """The op's Dagster logger as handle() gets it (ctx.log): a line that cannot be written (Dagster's
+    storage unreachable: the event write raises) goes to the worker's own log instead, and never
+    fails the job. A job logs after its commit too, and an attempt that fails after its work is
+    committed would be run again."""
+
+    def __init__(self, log: Any):
+        self._log = log
+
+    def _emit(self, level: str, message: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            getattr(self._log, level)(message, *args, **kwargs)
+        except Exception:
+            logger.warning("could not write a log line to the Dagster run: %s", message, exc_info=True)
+
+    def debug(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit("debug", message, *args, **kwargs)
+
+    def info(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit("info", message, *args, **kwargs)
+
+    def warning(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit("warning", message, *args, **kwargs)
+
+    def error(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit("error", message, *args, **kwargs)
+
+    def exception(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit("exception", message, *args, **kwargs)
+
+    def critical(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit("critical", message, *args, **kwargs)
+
+
 class Heartbeat:
     """While in the block, write the job's heartbeat every `interval` s from a background thread.
 
@@ -71,7 +105,9 @@ class Heartbeat:
         while not self._stop.wait(self._interval):
             try:
                 report = None if self._progress is None else self._progress.unwritten()
-                if self._beat(progress=report):
+                if self._beat(progress=None if report is None else report[0]):
+                    if report is not None and self._progress is not None:
+                        self._progress.written(report[1])
                     self._last_beat = time.monotonic()
                 else:
                     # Recovery judged this attempt lost and moved the job on: our outcome will be
@@ -139,13 +175,13 @@ def run_attempt(
         job_id=job_id,
         run_id=run.run_id,
         retry_count=record.retry_count,
-        log=context.log,
+        log=JobLog(context.log),
         database=database,
         settings=settings,
         timeout=job_cls.timeout(settings),
         session=session,
         application_name=name,
-        progress=Progress(log=context.log.info),
+        progress=Progress(log=JobLog(context.log).info),
     )
     try:
         return _attempt(context, job, store, record, ctx, schedule)
@@ -179,16 +215,15 @@ def _attempt(
                     # while it still ran, must be gone (its session ended) before this one works.
                     session.lock(admission.table_key(target, settings.target_dialect), context.log.warning)
                 output = job.handle(ctx)
-                final = ctx.progress.unwritten()
-                if final is not None:  # the last report, which no beat may have carried
-                    with contextlib.suppress(Exception):
-                        store.heartbeat(
-                            job_id, run.run_id, retry_seconds=settings.heartbeat_seconds, progress=final
-                        )
                 if session is not None:
                     # Its work is committed: recovery must not run it again while this attempt
-                    # records its outcome (through a job table outage, say).
+                    # records its outcome (through a job table outage, say). First thing: nothing
+                    # may stand between the work's commit and this mark.
                     session.mark_done()
+                final = ctx.progress.unwritten()
+                if final is not None:  # the last report, which no beat may have carried
+                    with contextlib.suppress(Exception):  # one try: the outcome is what matters
+                        store.heartbeat(job_id, run.run_id, retry_seconds=0, progress=final[0])
             except sa.exc.StatementError as exc:  # DBAPIError, or FenceLost wrapped by SQLAlchemy
                 fenced = None if session is None else session.fence_error(exc)
                 if fenced is not None:

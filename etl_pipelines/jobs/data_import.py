@@ -1,8 +1,8 @@
 import codecs
-import csv
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, ClassVar
 
 import dagster as dg
 import sqlalchemy as sa
@@ -12,16 +12,21 @@ from etl_pipelines.framework import BaseJob, JobContext, JobInputError
 from etl_pipelines.identifiers import TableName, allowed_table, check_identifier, check_source_table
 from etl_pipelines.lifecycle.admission import table_key
 from etl_pipelines.loading.columns import COLUMN_TYPES
-from etl_pipelines.loading.reader import Pipe, TextBatch, csv_batches, read_header
+from etl_pipelines.loading.reader import TextBatch, csv_batches, export_csv, read_header
 from etl_pipelines.loading.rejects import Rejects, keep_rejects
-from etl_pipelines.loading.stage import Counts, Stage, duplicates, typed_batches, unique_key
+from etl_pipelines.loading.stage import (
+    RESERVED_COLUMNS,
+    Counts,
+    Stage,
+    duplicates,
+    typed_batches,
+    unique_key,
+)
 from etl_pipelines.settings import Settings, SettingsError
 
 # A few bad lines in a large export are loaded around and counted; more than one row in ten is
 # a broken file (wrong delimiter, shifted columns, another export's layout), not dirty data.
 DEFAULT_MAX_REJECTED_SHARE = 0.1
-# Rows a database source sends per fetch when it cannot COPY (SQLite).
-FETCH_ROWS = 10_000
 
 
 class DataImport(BaseJob):
@@ -94,7 +99,10 @@ class DataImport(BaseJob):
         if self.reject_table:
             return TableName.parse(self.reject_table)
         target = TableName.parse(self.target_table)
-        return TableName(target.schema, check_identifier(f"{target.name}_rejects", "table name"))
+        name = f"{target.name}_rejects"
+        if len(name) > 63:
+            raise JobInputError(f"{name} would be longer than 63 characters: give reject_table")
+        return TableName(target.schema, check_identifier(name, "table name"))
 
     def tables(self) -> list[str]:
         return [self.target_table, str(self.rejects())]
@@ -112,6 +120,8 @@ class DataImport(BaseJob):
             raise JobInputError("columns must name at least one column")
         for name, kind in self.columns.items():
             check_identifier(name, "column name")
+            if name.lower() in RESERVED_COLUMNS:
+                raise JobInputError(f"column {name}: the name is the import's own; rename it in the source")
             if kind not in COLUMN_TYPES:
                 raise JobInputError(f"column {name}: unknown type {kind!r}; use {', '.join(COLUMN_TYPES)}")
         for name in [*self.key_columns, *filter(None, [self.aggregate_by, self.aggregate_value])]:
@@ -138,7 +148,7 @@ class DataImport(BaseJob):
             raise JobInputError(f"source_csv {self.source_csv!r} is outside ETL_IMPORT_DIR ({base})")
         return path
 
-    def _source(self, ctx: JobContext) -> Iterator[TextBatch]:
+    def _source(self, ctx: JobContext) -> Generator[TextBatch, None, None]:
         """The source's loaded columns as text batches (streamed: a few blocks in memory)."""
         if self.source_csv is not None:
             path = self.csv_path(ctx.settings)
@@ -165,10 +175,17 @@ class DataImport(BaseJob):
                 f"SELECT {', '.join(preparer.quote(c) for c in self.columns)} "  # noqa: S608 (quoted)
                 f"FROM {name.quoted(connection.dialect)}"
             )
-            with Pipe(_exporter(connection, query, list(self.columns)), f"export-{ctx.job_id}") as pipe:
-                yield from csv_batches(
-                    pipe.reader, list(self.columns), name=str(self.source_table), header=list(self.columns)
-                )
+            columns = list(self.columns)
+            with export_csv(connection, query, None, columns, f"export-{ctx.job_id}") as pipe:
+                try:
+                    yield from csv_batches(
+                        pipe.reader, columns, name=str(self.source_table), header=columns, skip_blank=False
+                    )
+                except Exception as exc:
+                    # The export failed first (no access, a lost connection): that is the error,
+                    # not the empty or cut stream it left.
+                    pipe.raise_error(cause=exc)
+                    raise
                 pipe.raise_error()
 
     def result_metadata(self, result: dict[str, Any]) -> dict[str, dg.MetadataValue]:
@@ -213,8 +230,10 @@ class DataImport(BaseJob):
             # as it was (the stage is a temporary table dropped with the transaction).
             with ctx.begin() as connection:
                 stage = Stage(connection, self.columns, schema=target.schema)
-                batches = self._source(ctx)
-                stage.load(typed_batches(batches, self.columns, rejects, counts, lambda: report("reading")))
+                # Closed whatever happens: a database export stops with the load.
+                with contextlib.closing(self._source(ctx)) as batches:
+                    typed = typed_batches(batches, self.columns, rejects, counts, lambda: report("reading"))
+                    stage.load(typed)
                 parsed = True
                 refused = self._refusal(counts, rejects)
                 if refused is not None:
@@ -231,34 +250,32 @@ class DataImport(BaseJob):
                     reason = f"duplicate of line {first} ({key}): the first is loaded"
                     rejects.add("duplicate", line, reason, key, counted=False)
                 stage.drop()
+                # In the load's transaction: after its commit, nothing may fail the attempt (its
+                # retry would load the rows again). A retry replaces an earlier attempt's rows.
+                keep_rejects(connection, self.rejects(), ctx.job_id, ctx.run_id, rejects)
+                left_out = counts.rows_staged - written  # duplicates of an earlier row
+                ctx.progress.update(phase="done", rows_written=written)
+                ctx.log.info(
+                    f"{self.target_table}: read {counts.rows_read}, rejected {rejects.count}, "
+                    f"duplicates {left_out}, written {written}"
+                )
         except JobInputError:
-            if parsed and rejects.kept:  # refused: the rejected rows say why
-                self._keep(ctx, rejects)
+            if parsed and rejects.kept:  # refused, nothing loaded: the rejected rows say why
+                with ctx.begin() as connection:
+                    keep_rejects(connection, self.rejects(), ctx.job_id, ctx.run_id, rejects)
             raise
-        if rejects.kept:
-            self._keep(ctx, rejects)
-        left_out = counts.rows_staged - written  # duplicates of an earlier row
-        ctx.progress.update(phase="done", rows_written=written)
-        ctx.log.info(
-            f"{self.target_table}: read {counts.rows_read}, rejected {rejects.count}, "
-            f"duplicates {left_out}, written {written}"
-        )
         return {
             "source": self.source_csv or f"{self.source_database}:{self.source_table}",
             "target_table": self.target_table,
             "rows_read": counts.rows_read,
             "rows_rejected": rejects.count,
             "rows_malformed": rejects.by_kind.get("malformed", 0),
+            "rows_blank": counts.blank,
             "duplicates": left_out,
             "rows_written": written,
             "reject_table": str(self.rejects()) if rejects.kept else None,
             "rejected": rejects.summary() if rejects.kept else None,
         }
-
-    def _keep(self, ctx: JobContext, rejects: Rejects) -> None:
-        """The attempt's rejected rows into the reject table, replacing the job's earlier ones."""
-        with ctx.begin() as connection:
-            keep_rejects(connection, self.rejects(), ctx.job_id, ctx.run_id, rejects)
 
     def _refusal(self, counts: Counts, rejects: Rejects) -> JobInputError | None:
         """Why the load must not go ahead (the job fails at once, no retries), or None."""
@@ -275,40 +292,3 @@ class DataImport(BaseJob):
                 f"empty {self.target_table}: left unchanged"
             )
         return None
-
-
-def _exporter(connection: sa.Connection, query: str, columns: list[str]):
-    """Writes the query's rows as CSV with a header: PostgreSQL's own COPY, else a cursor."""
-
-    def export(out: BinaryIO) -> None:
-        if connection.dialect.name == "postgresql":
-            cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", out)
-            finally:
-                cursor.close()
-            return
-        text = _TextOut(out)
-        writer = csv.writer(text)
-        writer.writerow(columns)
-        result = connection.execution_options(stream_results=True, yield_per=FETCH_ROWS).execute(
-            sa.text(query)
-        )
-        for rows in result.partitions(FETCH_ROWS):
-            writer.writerows(rows)
-        text.flush()
-
-    return export
-
-
-class _TextOut:
-    """csv.writer's text into a binary stream, UTF-8."""
-
-    def __init__(self, out: BinaryIO):
-        self._out = out
-
-    def write(self, text: str) -> int:
-        return self._out.write(text.encode("utf-8", "surrogateescape"))
-
-    def flush(self) -> None:
-        self._out.flush()

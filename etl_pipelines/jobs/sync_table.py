@@ -1,4 +1,4 @@
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from pydantic import Field
@@ -6,7 +6,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from etl_pipelines.framework import BaseJob, JobContext, JobInputError
 from etl_pipelines.identifiers import allowed_table, check_identifier, check_source_table
-from etl_pipelines.loading.reader import Pipe
+from etl_pipelines.loading.reader import export_csv
 from etl_pipelines.loading.stage import copy_upsert, csv_rows
 from etl_pipelines.settings import Settings, SettingsError
 
@@ -61,6 +61,8 @@ class SyncTable(BaseJob):
         for column in (self.key_column, self.updated_at_column):
             if column not in source.columns:
                 raise JobInputError(f"{self.source_table} has no column {column!r}")
+        for source_column in source.columns:  # they name the target's columns, in its statements
+            check_identifier(source_column.name, "column name")
         target = sa.Table(
             target_name.name,
             sa.MetaData(),
@@ -103,22 +105,20 @@ class SyncTable(BaseJob):
         inserted = updated = read = 0
         with ctx.connect(source_url) as source_connection:
             compiled = query.compile(source_connection)
-
-            def produce(out: BinaryIO) -> None:
-                cursor = source_connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            # Text both ways: dates and times in ISO form whatever the servers' DateStyle says.
+            source_connection.execute(sa.text("SET datestyle = 'ISO, YMD'"))
+            with export_csv(
+                source_connection, str(compiled), compiled.params, columns, f"export-{ctx.job_id}"
+            ) as pipe:
                 try:
-                    # The watermark bound by psycopg2 itself, as in any statement.
-                    sql = cursor.mogrify(str(compiled), compiled.params).decode()
-                    cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER true)", out)
-                finally:
-                    cursor.close()
-
-            with Pipe(produce, f"export-{ctx.job_id}") as pipe:
-                for rows in csv_rows(pipe.reader, columns, self.batch_size):
-                    with ctx.begin() as connection:
-                        added, changed = copy_upsert(connection, target, self.key_column, rows)
-                    inserted, updated, read = inserted + added, updated + changed, read + rows.num_rows
-                    ctx.progress.update(rows_read=read, rows_inserted=inserted, rows_updated=updated)
+                    for rows in csv_rows(pipe.reader, columns, self.batch_size):
+                        with ctx.begin() as connection:
+                            added, changed = copy_upsert(connection, target, self.key_column, rows)
+                        inserted, updated, read = inserted + added, updated + changed, read + rows.num_rows
+                        ctx.progress.update(rows_read=read, rows_inserted=inserted, rows_updated=updated)
+                except Exception as exc:
+                    pipe.raise_error(cause=exc)
+                    raise
                 pipe.raise_error()
         return inserted, updated
 

@@ -57,13 +57,19 @@ class Progress:
         report["at"] = datetime.now(UTC).isoformat()
         return report
 
-    def unwritten(self) -> dict[str, Any] | None:
-        """The report if it changed since the last call (for the heartbeat), else None."""
+    def unwritten(self) -> tuple[dict[str, Any], int] | None:
+        """The report and its version if it changed since the last one written (`written`), else None."""
         with self._lock:
             if self._version == self._written:
                 return None
-            self._written = self._version
-        return self.snapshot()
+            version = self._version
+        report = self.snapshot()
+        return None if report is None else (report, version)
+
+    def written(self, version: int) -> None:
+        """The report of `version` is in the job record (a failed write leaves it unwritten)."""
+        with self._lock:
+            self._written = max(self._written, version)
 
 
 def describe(report: dict[str, Any]) -> str:

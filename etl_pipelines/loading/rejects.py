@@ -76,8 +76,11 @@ def reject_table(name: TableName) -> sa.Table:
 def keep_rejects(
     connection: sa.Connection, name: TableName, job_id: str, run_id: str, rejects: Rejects
 ) -> None:
-    """Replace the job's rows in the reject table (created if missing) with this attempt's."""
+    """Replace the job's rows in the reject table with this attempt's (none: an earlier attempt's
+    go all the same); the table is created when there is something to keep."""
     table = reject_table(name)
+    if not rejects.kept and not sa.inspect(connection).has_table(name.name, schema=name.schema):
+        return
     table.create(connection, checkfirst=True)
     connection.execute(table.delete().where(table.c.job_id == job_id))
     now = datetime.now(UTC)

@@ -19,10 +19,12 @@ import sqlalchemy as sa
 
 from etl_pipelines.identifiers import TableName
 from etl_pipelines.loading.columns import ARROW_TYPES, COLUMN_TYPES, decode, type_column
-from etl_pipelines.loading.reader import BLOCK_BYTES, TextBatch
+from etl_pipelines.loading.reader import BLOCK_BYTES, TextBatch, raw_cursor
 from etl_pipelines.loading.rejects import Rejects
 
 LINE = "etl_line"  # the stage's column for each row's line number (first of equal keys wins)
+# Names the stage and its queries use: not for a loaded column.
+RESERVED_COLUMNS = frozenset({LINE, "etl_dup_line", "etl_dup_first"})
 # One COPY statement carries this many bytes of rows at most: each statement stays short (the
 # job's statement timeout), while Python prepares the next rows as PostgreSQL parses these.
 COPY_STATEMENT_BYTES = 64 << 20
@@ -56,6 +58,7 @@ def typed_batches(
                 row.text,
             )
             counts.rows_read += 1
+        counts.blank += batch.blank
         rows = len(batch.lines)
         if rows:
             yield _type(batch, columns, schema, rejects, counts)
@@ -68,7 +71,6 @@ def _type(
     rows = len(batch.lines)
     texts: dict[str, pa.Array] = {}
     values: list[pa.Array] = []
-    blank = np.ones(rows, dtype=bool)
     # The first problem of each row: (kind, column) index into `problems`, -1 for none.
     problem = np.full(rows, -1, dtype=np.int32)
     problems: list[tuple[str, str, str]] = []  # (kind, column, what is wrong)
@@ -82,10 +84,6 @@ def _type(
     for name, kind in columns.items():
         text, undecodable = decode(batch.columns[name])
         texts[name] = text
-        filled = np.asarray(
-            pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False), dtype=bool
-        )
-        blank &= ~filled & ~undecodable
         flag(undecodable, name, "not valid UTF-8")
         # PostgreSQL text cannot hold NUL.
         flag(
@@ -96,12 +94,11 @@ def _type(
         typed = type_column(text, kind)
         flag(typed.bad, name, f"not a {kind}")
         values.append(typed.values)
-    bad = (problem >= 0) & ~blank
-    counts.blank += int(blank.sum())
-    counts.rows_read += rows - int(blank.sum())
+    bad = problem >= 0
+    counts.rows_read += rows
     if bad.any():
         _reject(batch, texts, bad, problem, problems, rejects)
-    good = ~bad & ~blank
+    good = ~bad
     values.append(pa.array(batch.lines, pa.int64()))
     typed = pa.RecordBatch.from_arrays(values, schema=schema)
     if not good.all():
@@ -183,10 +180,9 @@ class Stage:
         preparer = self.connection.dialect.identifier_preparer
         names = ", ".join(preparer.quote(c) for c in [*self.columns, LINE])
         statement = f"COPY {self.quoted} ({names}) FROM STDIN WITH (FORMAT csv)"
-        cursor = self.connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         options = pcsv.WriteOptions(include_header=False, quoting_style="needed")
         chunks = (_csv(batch, options) for batch in batches)
-        try:
+        with raw_cursor(self.connection, statement) as cursor:
             while True:
                 stream = _Chunks(chunks, COPY_STATEMENT_BYTES)
                 try:
@@ -198,8 +194,6 @@ class Stage:
                     raise
                 if stream.exhausted:
                     break
-        finally:
-            cursor.close()
 
     def _insert(self, batches: Iterator[pa.RecordBatch]) -> None:
         for batch in batches:
@@ -254,6 +248,11 @@ class Stage:
             # The de-duplicating sort in memory rather than in temporary files, for this transaction.
             connection.execute(sa.text(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'"))
         result = connection.execute(sa.text(f"INSERT INTO {into} ({columns}) {select}{conflict}"))
+        if conflict.endswith("DO NOTHING"):
+            # Every column is a key: rows already in the target were not written, nor were they
+            # duplicates. The distinct rows, counted apart.
+            distinct = f"SELECT count(*) FROM (SELECT DISTINCT {key_list} FROM {stage}) AS etl_distinct"  # noqa: S608
+            return int(connection.execute(sa.text(distinct)).scalar_one())
         return int(result.rowcount)
 
 
@@ -268,14 +267,14 @@ def duplicates(stage: Stage, keys: list[str], limit: int) -> list[tuple[int, int
     partition = ", ".join(names)
     # Only validated column names and the dialect-quoted stage are placed here.
     query = (
-        f"SELECT line, first, {partition} FROM (SELECT {line} AS line, "  # noqa: S608
-        f"min({line}) OVER (PARTITION BY {partition}) AS first, {partition} FROM {stage.quoted}) AS d "
-        "WHERE line <> first ORDER BY line LIMIT :n"
+        f"SELECT etl_dup_line, etl_dup_first, {partition} FROM (SELECT {line} AS etl_dup_line, "  # noqa: S608
+        f"min({line}) OVER (PARTITION BY {partition}) AS etl_dup_first, {partition} "
+        f"FROM {stage.quoted}) AS etl_dup WHERE etl_dup_line <> etl_dup_first ORDER BY etl_dup_line LIMIT :n"
     )
     found = []
     for row in stage.connection.execute(sa.text(query), {"n": limit}):
         values = ", ".join(f"{c}={v!r}" for c, v in zip(keys or list(stage.columns), row[2:], strict=True))
-        found.append((int(row.line), int(row.first), values))
+        found.append((int(row[0]), int(row[1]), values))
     return found
 
 
@@ -352,6 +351,9 @@ def csv_rows(stream: BinaryIO, columns: list[str], rows: int) -> Iterator[pa.Rec
         parse_options=pcsv.ParseOptions(newlines_in_values=True),
         convert_options=pcsv.ConvertOptions(
             column_types={c: pa.string() for c in columns},
+            # COPY writes NULL as an unquoted empty value and nothing else ('NULL', 'N/A', 'nan'
+            # are values), the empty string as "".
+            null_values=[""],
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
         ),
@@ -383,14 +385,11 @@ def copy_upsert(
     # dialect-quoted names of the source's columns and the checked target are placed here.
     stage = preparer.format_table(sa.table(stage_name(), schema=target.schema))
     connection.execute(sa.text(f"CREATE UNLOGGED TABLE {stage} AS SELECT {columns} FROM {into} LIMIT 0"))  # noqa: S608
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.copy_expert(
-            f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)",
-            io.BytesIO(_csv(rows, pcsv.WriteOptions(include_header=False, quoting_style="needed"))),
-        )
-    finally:
-        cursor.close()
+    connection.execute(sa.text("SET LOCAL datestyle = 'ISO, YMD'"))  # as the source wrote them
+    statement = f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)"
+    with raw_cursor(connection, statement) as cursor:
+        rows_csv = _csv(rows, pcsv.WriteOptions(include_header=False, quoting_style="needed"))
+        cursor.copy_expert(statement, io.BytesIO(rows_csv))
     quoted_key = preparer.quote(key)
     updates = ", ".join(
         f"{n} = excluded.{n}" for c, n in zip(rows.schema.names, names, strict=True) if c != key

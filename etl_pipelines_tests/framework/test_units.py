@@ -138,3 +138,24 @@ def test_the_embedded_home_gets_the_current_instance_yaml(clean_env: pytest.Monk
     config.write_text("telemetry:\n  enabled: false\n")
     ensure_dagster_home()
     assert config.read_text() == "telemetry:\n  enabled: false\n"
+
+
+def test_a_log_line_that_cannot_be_written_never_fails_the_job(caplog: pytest.LogCaptureFixture) -> None:
+    """Dagster's logger raises when its event storage is unreachable; a job logs after its commit,
+    and an attempt failing there would run its committed work again."""
+    from etl_pipelines.framework.attempt import JobLog
+
+    class Unreachable:
+        def info(self, message: str) -> None:
+            raise sa.exc.OperationalError("INSERT INTO event_logs", {}, Exception("connection refused"))
+
+    seen: list[str] = []
+
+    class Working:
+        def info(self, message: str) -> None:
+            seen.append(message)
+
+    JobLog(Unreachable()).info("loaded 150000 rows")  # no error
+    assert "could not write a log line to the Dagster run: loaded 150000 rows" in caplog.text
+    JobLog(Working()).info("fine")
+    assert seen == ["fine"]

@@ -49,6 +49,7 @@ def test_data_import_csv_counts_and_types(target: sa.Engine, import_dir: Path) -
         "rows_read": 7,
         "rows_rejected": 3,  # a salary, a date, and a line with an extra field
         "rows_malformed": 1,
+        "rows_blank": 0,
         "duplicates": 1,  # the second id 2
         "rows_written": 3,
         "reject_table": "auth.staff_rejects",
@@ -104,6 +105,60 @@ def test_data_import_csv_counts_and_types(target: sa.Engine, import_dir: Path) -
             sa.text("SELECT job_id, count(*) AS n FROM auth.staff_rejects GROUP BY job_id")
         ).all()
     assert sorted(n for _, n in jobs) == [4, 4] and record.id not in {job for job, _ in jobs}
+
+
+@pytest.mark.parametrize("source_kind", ["postgres", "sqlite"])
+def test_data_import_from_a_database_streams_its_rows(
+    target: sa.Engine, pg_url: str, clean_env: pytest.MonkeyPatch, tmp_path: Path, source_kind: str
+) -> None:
+    """A table of another database, exported by its own COPY (PostgreSQL) or a cursor (SQLite),
+    typed and rejected like a file's rows: the line of a row is its place in the export."""
+    url = pg_url if source_kind == "postgres" else f"sqlite:///{tmp_path / 'source.sqlite'}"
+    clean_env.setenv("ETL_DATABASE_URL_SOURCE", url)
+    source = sa.create_engine(url)
+    with source.begin() as connection:
+        if source_kind == "postgres":
+            connection.execute(sa.text("DROP SCHEMA IF EXISTS src CASCADE"))
+            connection.execute(sa.text("CREATE SCHEMA src"))
+            table = "src.people"
+        else:
+            table = "people"
+        connection.execute(
+            sa.text(f"CREATE TABLE {table} (id INTEGER, name TEXT, score TEXT, joined TIMESTAMP, extra TEXT)")
+        )
+        connection.execute(
+            sa.text(
+                f"INSERT INTO {table} VALUES (1, 'a,b \"quoted\"', '1.5', '2026-01-01 10:00:00', 'x'),"
+                " (2, NULL, 'n/a', '2026-01-02 00:00:00', 'y'), (3, 'multi\nline', '', NULL, 'z')"
+            )
+        )
+    columns = {"id": "int", "name": "str", "score": "float", "joined": "datetime"}
+    record, _ = execute(
+        "data_import",
+        source_database="source",
+        source_table=table,
+        target_table="auth.people",
+        columns=columns,
+        key_columns=["id"],
+        max_rejected_share=0.5,
+    )
+    assert record.status == JobStatus.COMPLETED, record.error
+    assert (record.result["rows_read"], record.result["rows_rejected"], record.result["rows_written"]) == (
+        3,
+        1,
+        2,
+    )
+    assert record.result["rejected"]["first"] == [{"line": 3, "reason": "score: 'n/a' is not a float"}]
+    with target.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT id, name, score, joined FROM auth.people ORDER BY id")
+        ).all()
+    assert [(r.id, r.name, r.score) for r in rows] == [(1, 'a,b "quoted"', 1.5), (3, "multi\nline", None)]
+    assert str(rows[0].joined).startswith("2026-01-01 10:00:00") and rows[1].joined is None
+    if source_kind == "postgres":
+        with source.begin() as connection:
+            connection.execute(sa.text("DROP SCHEMA src CASCADE"))
+    source.dispose()
 
 
 @pytest.mark.parametrize(

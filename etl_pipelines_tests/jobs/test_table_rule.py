@@ -194,3 +194,27 @@ def test_data_import_rejected_share_is_a_bounded_parameter() -> None:
     for bad in (-0.1, 1.5):
         with pytest.raises(JobInputError, match="max_rejected_share"):
             data_import.from_params({**params, "max_rejected_share": bad})
+
+
+def test_data_import_refuses_its_own_names_and_a_reject_table_it_cannot_name(settings: Settings) -> None:
+    data_import = get_job_type("data_import")
+    base = {"source_csv": "a.csv", "target_table": "auth.t"}
+    for reserved in ("etl_line", "ETL_LINE", "etl_dup_first"):
+        with pytest.raises(JobInputError, match="the import's own"):
+            data_import.from_params({**base, "columns": {reserved: "int"}}).validate_input(settings)
+    long = "t" * 60
+    with pytest.raises(JobInputError, match="give reject_table"):
+        data_import.from_params(
+            {**base, "target_table": f"auth.{long}", "columns": {"a": "int"}}
+        ).validate_input(settings)
+    data_import.from_params(
+        {**base, "target_table": f"auth.{long}", "reject_table": "auth.r", "columns": {"a": "int"}}
+    ).validate_input(settings)
+    with pytest.raises(JobInputError, match="is the target table"):
+        data_import.from_params({**base, "reject_table": "auth.t", "columns": {"a": "int"}}).validate_input(
+            settings
+        )
+    with pytest.raises(JobInputError, match="unknown encoding"):
+        data_import.from_params({**base, "encoding": "klingon", "columns": {"a": "int"}}).validate_input(
+            settings
+        )

@@ -79,6 +79,101 @@ def test_datetimes_are_real_calendar_values_in_utc() -> None:
     ]
 
 
+TRICKY = {
+    "int": [
+        "0",
+        "-0",
+        "+7",
+        " 12 ",
+        "12.0",
+        "1e3",
+        "1.5",
+        "0x10",
+        "0X1F",
+        "1_000",
+        "١٢",
+        "9007199254740992.0",
+        "1234567890123456789",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "9223372036854775808",
+        "99999999999999999999",
+        "1e19",
+        "nan",
+        "inf",
+        "",
+    ],
+    "float": [
+        "1.5",
+        "-.5",
+        "+1.5e3",
+        "-0",
+        "nan",
+        "NaN",
+        "inf",
+        "Infinity",
+        "1e400",
+        "0x10",
+        "1_0",
+        "١٢",
+        "",
+    ],
+    "bool": ["true", "T", "YES", "0", "2", "", "truth"],
+    "datetime": [
+        "2020-01-01",
+        "2020-01-01T10:00",
+        "2020-01-01 10:00:00",
+        "2020-01-01T10:00:00Z",
+        "2020-01-01T10:00:00.123456+05:30",
+        "2020-01-01T10:00:00-0800",
+        "2020-01-01T10:00:00+02",
+        "2020-01-01T10",
+        "2020-01-01 10",
+        "2020-01-01T10Z",
+        "2020-01-01T10+05",
+        "0000-01-01",
+        "0001-01-01T00:30:00+01:00",
+        "9999-12-31T23:59:59Z",
+        "2020-02-30",
+        "2020-01-01T10:00:00+24:00",
+        "2020-01-01T10:00:00+05:60",
+        "2020-01-01T10:00:00+0560",
+        "2020-01-01T10:00:00.1234567Z",
+        "2020-01-01Z",
+        "",
+    ],
+}
+TRICKY["date"] = TRICKY["datetime"]
+
+
+@pytest.mark.parametrize("kind", sorted(TRICKY))
+def test_a_value_is_typed_the_same_whatever_its_neighbours(kind: str) -> None:
+    """Clean blocks take Arrow's cast at once, blocks with a bad value are checked value by value:
+    the two must agree on every value."""
+    for value in TRICKY[kind]:
+        alone = type_column(pa.array([value], pa.string()), kind)
+        beside_bad = type_column(pa.array([value, "zzz"], pa.string()), kind)
+        beside_good = type_column(pa.array([value, TRICKY[kind][0]], pa.string()), kind)
+        cells = {
+            (alone.values[0].as_py(), bool(alone.bad[0])),
+            (beside_bad.values[0].as_py(), bool(beside_bad.bad[0])),
+            (beside_good.values[0].as_py(), bool(beside_good.bad[0])),
+        }
+        assert len(cells) == 1, (kind, value, cells)
+
+
+def test_int_and_datetime_limits() -> None:
+    assert typed(["9223372036854775807", "-9223372036854775808", "9223372036854775808"], "int") == [
+        (9223372036854775807, False), (-9223372036854775808, False), (None, True),
+    ]  # fmt: skip
+    assert typed(["1234567890123456789", "0x10", "9007199254740993.0", "1e15", "2.5e2"], "int") == [
+        (1234567890123456789, False), (None, True), (9007199254740993, False), (None, True), (250, False),
+    ]  # fmt: skip
+    bad = ["0000-06-01", "0001-01-01T00:30:00+01:00", "2020-01-01T10:00:00+24:00", "2020-01-01T10"]
+    assert [b for _, b in typed(bad, "datetime")] == [True] * 4
+    assert typed(["0001-01-01T00:30:00+00:30"], "datetime") == [(datetime(1, 1, 1, tzinfo=UTC), False)]
+
+
 CSV = (
     b"id,name,joined\n"  # line 1
     b"1,Ada,2020-01-02\n"
@@ -117,6 +212,29 @@ def test_every_row_is_loaded_or_rejected_with_its_line(block_bytes: int) -> None
     assert rejects.in_order()[3].text == "6,Flo,2024-09-10,extra"
     assert (counts.rows_read, counts.rows_staged, counts.blank, rejects.count) == (7, 3, 1, 4)
     assert rejects.by_kind == {"malformed": 2, "name: not valid UTF-8": 1, "joined: not a date": 1}
+
+
+def test_only_rows_without_any_value_are_blank() -> None:
+    """A row whose loaded columns are empty but another is not is a row (of NULLs); an empty
+    line, or one of separators only, is blank: left out and counted."""
+    rows, rejects, counts = load(b"id,email\n1,a@x\n2,\n\n,\n3,\n", {"email": "str"})
+    assert [(r["email"], r["etl_line"]) for r in rows] == [("a@x", 2), (None, 3), (None, 6)]
+    assert (counts.rows_read, counts.blank, rejects.count) == (3, 2, 0)
+
+
+def test_many_malformed_rows_between_and_after_good_ones() -> None:
+    lines = [b"a,b"]
+    expected = []
+    for i in range(2, 20_002):
+        if i % 3 == 0 or i > 15_000:
+            lines.append(b"x,y,z")
+        else:
+            lines.append(b"%d,v" % i)
+            expected.append(i)
+    rows, rejects, counts = load(b"\n".join(lines) + b"\n", {"a": "int"}, block_bytes=4096, keep=5)
+    assert [r["etl_line"] for r in rows] == [r["a"] for r in rows] == expected
+    assert rejects.count == 20_000 - len(expected) and counts.rows_read == 20_000
+    assert [r.line for r in rejects.in_order()] == [3, 6, 9, 12, 15]
 
 
 def test_rejects_beyond_the_kept_ones_are_counted() -> None:
@@ -161,7 +279,9 @@ def test_progress_reports_rates_and_only_changes() -> None:
     assert progress.snapshot() is None and progress.unwritten() is None
     progress.update(phase="reading", rows_read=1000, rows_rejected=2)
     report = progress.unwritten()
-    assert report is not None and report["rows_read"] == 1000 and "rows_per_second" in report
+    assert report is not None and report[0]["rows_read"] == 1000 and "rows_per_second" in report[0]
+    assert progress.unwritten() is not None  # not written yet: still due
+    progress.written(report[1])
     assert progress.unwritten() is None  # nothing new since
     assert lines and lines[0].startswith("progress: reading, 1,000 read, 2 rejected")
     assert describe({"rows_moved": 5, "rows_per_second": 10}) == "5 moved (10 rows/s)"
