@@ -12,8 +12,8 @@ COPY workspace.yaml ./
 ENV DAGSTER_HOME=/opt/dagster/home
 COPY dagster.yaml /opt/dagster/home/dagster.yaml
 
-# Not root: the services write only DAGSTER_HOME (compute logs in its storage/ volume, which Docker
-# creates with this ownership) and read /opt/dagster/imports.
+# Not root: the services write only DAGSTER_HOME (a step's scratch output in storage/, copied to
+# the database and removed when the step ends) and read /opt/dagster/imports.
 RUN useradd --system --uid 10001 --home-dir /opt/dagster --no-create-home etl \
     && mkdir -p /opt/dagster/home/storage /opt/dagster/imports \
     && chown -R etl /opt/dagster

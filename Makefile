@@ -37,7 +37,7 @@ test: check
 		|| { echo "The browser test needs Chromium: apt-get install chromium, or set ETL_TEST_CHROMIUM" >&2; exit 1; }
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; } \
-		|| echo "promtool not found: the alert rules' promtool checks are skipped (apt-get install prometheus)" >&2
+		|| { echo "The alert rules' checks need promtool: apt-get install prometheus" >&2; exit 1; }
 	$(BIN)/pytest
 
 lint: install

@@ -2,6 +2,7 @@
 (a local directory of its own) is read from another's, live and complete, bounded, by offset."""
 
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,69 @@ def test_a_sensor_ticks_log_is_stored_only_when_it_logged(managers) -> None:
     assert (
         reader.get_log_data(talkative).stderr == b"2026-12-02 - dagster - INFO - due_retries - nothing due\n"
     )
+
+
+def test_an_upload_that_fails_is_sent_again_whole(managers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live upload lost to the database (a blip): the next one starts where it did, so the stored
+    stream has no hole and a reader never sees bytes twice."""
+    writer, reader = managers
+    key = ["run-f", "compute_logs", "step-f"]
+    real = writer._execute
+    failures = iter([True])
+
+    def flaky(statement: Any, rows: Any = None) -> Any:
+        if rows and next(failures, False):
+            raise sa.exc.OperationalError("INSERT INTO etl_compute_logs", {}, Exception("connection reset"))
+        return real(statement, rows)
+
+    with writer.capture_logs(key):
+        write("out", "AAAA\n")
+        monkeypatch.setattr(writer, "_execute", flaky)
+        with pytest.raises(sa.exc.OperationalError):
+            writer.on_progress(key)
+        write("out", "BBBB\n")
+        writer.on_progress(key)
+        monkeypatch.setattr(writer, "_execute", real)
+    got, offset = b"", 0
+    while (piece := reader.get_log_data_for_type(key, ComputeIOType.STDOUT, offset, 3))[0]:
+        got, offset = got + piece[0], piece[1]
+    assert got == b"AAAA\nBBBB\n" and offset == 10
+
+
+def test_a_stored_upload_whose_reply_was_lost_is_kept_once_and_longest(managers) -> None:
+    writer, reader = managers
+    key = ["run-g", "compute_logs", "step-g"]
+    with writer.capture_logs(key):
+        write("out", "AAAA\n")
+        writer.on_progress(key)
+        # As if that upload's reply were lost: the next starts from the same place, with more.
+        writer._uploads[("run-g/compute_logs/step-g", ComputeIOType.STDOUT)].read = 0
+        writer._uploads[("run-g/compute_logs/step-g", ComputeIOType.STDOUT)].stored = 0
+        write("out", "BBBB\n")
+        writer.on_progress(key)
+    assert reader.get_log_data(key).stdout == b"AAAA\nBBBB\n"
+
+
+def test_a_failed_poll_does_not_end_live_logs(managers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One poll that cannot reach the database: the webserver's live logs go on at the next."""
+    writer, reader = managers
+    key = ["run-h", "compute_logs", "step-h"]
+    seen: list[bytes] = []
+    failed: list[bool] = []
+    real = reader.is_capture_complete
+
+    def flaky(log_key: Any) -> bool:
+        if threading.current_thread() is not threading.main_thread() and not failed:
+            failed.append(True)  # the polling thread's first check
+            raise sa.exc.OperationalError("SELECT 1", {}, Exception("connection reset"))
+        return real(log_key)
+
+    monkeypatch.setattr(reader, "is_capture_complete", flaky)
+    subscription = reader.subscribe(key)(lambda data: seen.append(data.stdout or b""))
+    try:
+        with writer.capture_logs(key):
+            write("out", "after a failed poll\n")
+        poll(lambda: subscription.is_complete, 20, 0.1, "the subscription to see the output and end")
+        assert b"".join(seen) == b"after a failed poll\n" and failed
+    finally:
+        subscription.dispose()

@@ -80,15 +80,9 @@ def open_store(settings: Settings | None = None) -> "JobStore":
 def _check_job_table(settings: Settings) -> None:
     """Refuse to start against a job table older or newer than this code (SchemaVersionError names
     the fix), through a connection of its own, closed again: nothing crosses a worker's fork."""
-    import sqlalchemy as sa
-
     from etl_pipelines.store import schema
 
-    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
-    try:
-        schema.ensure(engine)
-    finally:
-        engine.dispose()
+    schema.check(settings.database_url)
 
 
 def dagster_instance() -> "dg.DagsterInstance":

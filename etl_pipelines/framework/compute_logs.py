@@ -16,6 +16,7 @@ dropped and a marker line says so. Dagster's own S3/GCS/Azure managers do the sa
 storage, for a deployment that has one.
 """
 
+import dataclasses
 import logging
 import os
 import sys
@@ -121,15 +122,13 @@ def _like_prefix(prefix: Sequence[str]) -> str:
     return f"{escaped}/%"
 
 
+@dataclasses.dataclass
 class _Upload:
     """How far one stream of a capture has been copied: local file bytes read, stored bytes written."""
 
-    __slots__ = ("read", "stored", "truncated")
-
-    def __init__(self) -> None:
-        self.read = 0
-        self.stored = 0
-        self.truncated = False
+    read: int = 0
+    stored: int = 0
+    truncated: bool = False
 
 
 class _Subscriptions(PollingComputeLogSubscriptionManager):
@@ -144,11 +143,16 @@ class _Subscriptions(PollingComputeLogSubscriptionManager):
                 for subscription in list(subscriptions):
                     if shutdown_event.is_set():
                         return
-                    complete = self._manager.is_capture_complete(subscription.log_key)
-                    subscription.fetch()  # after the check: nothing written before it is missed
+                    try:
+                        complete = self._manager.is_capture_complete(subscription.log_key)
+                        subscription.fetch()  # after the check: nothing written before it is missed
+                    except Exception:  # the database for a moment: the next poll tries again
+                        logger.warning("step log subscription poll failed", exc_info=True)
+                        continue
                     if complete:
                         subscription.complete()
-                        subscriptions.remove(subscription)
+                        if subscription in subscriptions:  # an unsubscribe may have come first
+                            subscriptions.remove(subscription)
                 if not subscriptions:
                     self._subscriptions.pop(watch_key, None)
 
@@ -233,9 +237,12 @@ class DatabaseComputeLogManager(CloudStorageComputeLogManager, ConfigurableClass
         if self._engine is None or self._engine_pid != os.getpid():
             # A silent network (a cut link) fails an upload in ~20 s, not the kernel's minutes; the
             # captured output is row data: never in an error message.
+            if self._engine is not None:  # inherited across a fork: the parent's to close
+                self._engine.dispose(close=False)
+            # One connection kept: uploads are serialised (the lock), reads are few.
             engine = sa.create_engine(
                 self._database_url,
-                pool_size=2,
+                pool_size=1,
                 max_overflow=3,
                 pool_recycle=3600,
                 hide_parameters=True,
@@ -250,13 +257,17 @@ class DatabaseComputeLogManager(CloudStorageComputeLogManager, ConfigurableClass
         return self._engine
 
     def _insert(self) -> Any:
-        # A retried upload whose first try did land (its reply lost) writes nothing twice.
+        # An upload tried again after a failure that did land (its reply lost) starts its chunk at
+        # the same offset, with the same bytes or more (the file only grows): the longer is kept.
         dialect = self.engine.dialect.name
-        if dialect == "postgresql":
-            return postgresql.insert(chunks).on_conflict_do_nothing()
-        if dialect == "sqlite":
-            return sqlite.insert(chunks).on_conflict_do_nothing()
-        return chunks.insert()
+        if dialect not in ("postgresql", "sqlite"):
+            return chunks.insert()
+        insert = (postgresql if dialect == "postgresql" else sqlite).insert(chunks)
+        return insert.on_conflict_do_update(
+            index_elements=[chunks.c.log_key, chunks.c.io_type, chunks.c.start],
+            set_={"data": insert.excluded.data, "final": insert.excluded.final},
+            where=sa.func.length(insert.excluded.data) >= sa.func.length(chunks.c.data),
+        )
 
     def _execute(self, statement: Any, rows: list[dict[str, Any]] | None = None) -> Any:
         """Run one statement in its own transaction; once more on a connection found dead."""
@@ -316,10 +327,20 @@ class DatabaseComputeLogManager(CloudStorageComputeLogManager, ConfigurableClass
 
     def _store(self, log_key: Sequence[str], io_types: Sequence[ComputeIOType], final: bool) -> None:
         with self._lock:
+            keys = [(_key(log_key), io_type) for io_type in io_types]
+            before = {key: dataclasses.replace(self._uploads[key]) for key in keys if key in self._uploads}
             try:
                 rows = [row for io_type in io_types for row in self._rows(log_key, io_type, final)]
                 if rows:
                     self._execute(self._insert(), rows)
+            except Exception:
+                # Not stored: the next upload starts where this one did (no hole in the stream).
+                for key in keys:
+                    if key in before:
+                        self._uploads[key] = before[key]
+                    else:
+                        self._uploads.pop(key, None)
+                raise
             finally:
                 if final:  # stored or given up: this capture is over either way
                     for io_type in io_types:
@@ -424,7 +445,17 @@ class DatabaseComputeLogManager(CloudStorageComputeLogManager, ConfigurableClass
         rows = self._execute(query)
         if not rows:
             return None, offset
-        data = b"".join(bytes(row.data) for row in rows)[offset - rows[0].start :]
+        # Contiguous chunks from `offset`; should a chunk be missing, the reader goes on after it
+        # rather than reading bytes twice.
+        pieces: list[bytes] = []
+        first = position = rows[0].start
+        for row in rows:
+            if row.start != position:
+                break
+            pieces.append(bytes(row.data))
+            position += len(row.data)
+        offset = max(offset, first)
+        data = b"".join(pieces)[offset - first :]
         if max_bytes is not None:
             data = data[:max_bytes]
         return data, offset + len(data)

@@ -43,7 +43,7 @@ from etl_pipelines.framework.tags import (
 from etl_pipelines.identifiers import IdentifierError
 from etl_pipelines.lifecycle import ForeignJob, Refused, admission, events
 from etl_pipelines.settings import Settings
-from etl_pipelines.store import JobRecord, JobStateError, JobStatus, JobStore
+from etl_pipelines.store import JobRecord, JobStateError, JobStatus, JobStore, schema
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ class EtlRunCoordinator(RunCoordinator, ConfigurableClass):
     def __init__(self, inst_data: ConfigurableClassData | None = None):
         self._inst_data = inst_data
         super().__init__()
+        # Before the first submission (the production storage checks when the instance loads;
+        # the embedded default's SQLite storage does not): a job table older or newer than this
+        # code is refused with the command that fixes it.
+        schema.check(Settings.from_env().database_url)
 
     @property
     def inst_data(self) -> ConfigurableClassData | None:

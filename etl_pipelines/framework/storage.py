@@ -6,6 +6,8 @@ from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
 from etl_pipelines.framework._dagster_internal import POOLED, ConfigurableClassData, cache_schema_checks
+from etl_pipelines.settings import Settings
+from etl_pipelines.store import schema
 
 # What dagster-webserver sets for itself, for every process (ms; a statement longer than this is
 # cancelled: Dagster's own queries take milliseconds).
@@ -45,6 +47,10 @@ class PooledPostgresStorage(DagsterPostgresStorage):
             )
         cache_schema_checks(self.run_storage)
         setattr(self.run_storage, POOLED, True)
+        # Built as soon as a process loads the instance (dagster-daemon, dagster-webserver, the
+        # workers' run tasks): a job table older or newer than this code stops the process there,
+        # naming the command that fixes it, not at its first submission or sensor tick.
+        schema.check(Settings.from_env().database_url)
         # DagsterInstance.dispose() disposes the run and event-log storages, which close nothing
         # of a NullPool; pooled connections are closed with them (a test's database can be dropped).
         dispose_run_storage = self.run_storage.dispose

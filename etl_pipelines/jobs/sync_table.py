@@ -76,6 +76,7 @@ class SyncTable(BaseJob):
         with ctx.begin() as connection:
             target.create(connection, checkfirst=True)
             watermark = connection.execute(sa.select(sa.func.max(stamp))).scalar()
+            empty = connection.execute(sa.select(sa.literal(1)).select_from(target).limit(1)).first() is None
         # >= rather than >: rows sharing the watermark's timestamp may straddle an earlier batch;
         # the upsert makes copying them again harmless.
         query = sa.select(source).order_by(source.c[self.updated_at_column], source.c[self.key_column])
@@ -86,7 +87,7 @@ class SyncTable(BaseJob):
         with ctx.connect(source_url) as source_connection, ctx.connect() as probe:
             both_postgresql = source_connection.dialect.name == probe.dialect.name == "postgresql"
         if both_postgresql:
-            inserted, updated = self._copy(ctx, source_url, query, target, columns)
+            inserted, updated = self._copy(ctx, source_url, query, target, columns, empty)
         else:
             inserted, updated = self._upsert_batches(ctx, source_url, query, target)
         return {
@@ -98,10 +99,18 @@ class SyncTable(BaseJob):
         }
 
     def _copy(
-        self, ctx: JobContext, source_url: str, query: sa.Select, target: sa.Table, columns: list[str]
+        self,
+        ctx: JobContext,
+        source_url: str,
+        query: sa.Select,
+        target: sa.Table,
+        columns: list[str],
+        empty: bool,
     ) -> tuple[int, int]:
         """PostgreSQL to PostgreSQL: the source's COPY TO streamed, batch by batch, into a stage by
-        COPY FROM and upserted from there in one statement (each batch one transaction)."""
+        COPY FROM and upserted from there in one statement (each batch one transaction). Into a
+        target that was empty when the sync began (its first sync), straight into it by COPY:
+        the source's keys are distinct, nothing to update."""
         inserted = updated = read = 0
         with ctx.connect(source_url) as source_connection:
             compiled = query.compile(source_connection)
@@ -113,7 +122,9 @@ class SyncTable(BaseJob):
                 try:
                     for rows in csv_rows(pipe.reader, columns, self.batch_size):
                         with ctx.begin() as connection:
-                            added, changed = copy_upsert(connection, target, self.key_column, rows)
+                            added, changed = copy_upsert(
+                                connection, target, self.key_column, rows, fresh=empty
+                            )
                         inserted, updated, read = inserted + added, updated + changed, read + rows.num_rows
                         ctx.progress.update(rows_read=read, rows_inserted=inserted, rows_updated=updated)
                 except Exception as exc:

@@ -373,22 +373,28 @@ def csv_rows(stream: BinaryIO, columns: list[str], rows: int) -> Iterator[pa.Rec
 
 
 def copy_upsert(
-    connection: sa.Connection, target: sa.Table, key: str, rows: pa.RecordBatch
+    connection: sa.Connection, target: sa.Table, key: str, rows: pa.RecordBatch, *, fresh: bool = False
 ) -> tuple[int, int]:
     """`rows` (text, as COPY wrote them) upserted into `target` on `key` through a stage filled by
-    COPY: (inserted, updated). PostgreSQL."""
+    COPY: (inserted, updated). `fresh`: the target held nothing when the sync began and the rows'
+    keys are distinct, so they go straight in by COPY. PostgreSQL."""
     preparer = connection.dialect.identifier_preparer
     names = [preparer.quote(c) for c in rows.schema.names]
     columns = ", ".join(names)
     into = preparer.format_table(target)
+    rows_csv = _csv(rows, pcsv.WriteOptions(include_header=False, quoting_style="needed"))
+    connection.execute(sa.text("SET LOCAL datestyle = 'ISO, YMD'"))  # as the source wrote them
+    if fresh:
+        statement = f"COPY {into} ({columns}) FROM STDIN WITH (FORMAT csv)"
+        with raw_cursor(connection, statement) as cursor:
+            cursor.copy_expert(statement, io.BytesIO(rows_csv))
+        return rows.num_rows, 0
     # The stage beside the target (see Stage), made and dropped in this batch's transaction. Only
     # dialect-quoted names of the source's columns and the checked target are placed here.
     stage = preparer.format_table(sa.table(stage_name(), schema=target.schema))
     connection.execute(sa.text(f"CREATE UNLOGGED TABLE {stage} AS SELECT {columns} FROM {into} LIMIT 0"))  # noqa: S608
-    connection.execute(sa.text("SET LOCAL datestyle = 'ISO, YMD'"))  # as the source wrote them
     statement = f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)"
     with raw_cursor(connection, statement) as cursor:
-        rows_csv = _csv(rows, pcsv.WriteOptions(include_header=False, quoting_style="needed"))
         cursor.copy_expert(statement, io.BytesIO(rows_csv))
     quoted_key = preparer.quote(key)
     updates = ", ".join(

@@ -145,6 +145,25 @@ def ensure(engine: sa.Engine) -> None:
         _ready.add(engine)
 
 
+_checked_urls: set[str] = set()
+
+
+def check(url: str) -> None:
+    """`ensure` for the job table at `url` through a connection of its own, closed again (nothing
+    kept across a fork), once per process: what a process calls when it starts, so that it
+    refuses a table older or newer than its code before it serves anything."""
+    if url in _checked_urls:
+        return
+    from etl_pipelines.store.engine import network_args
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=network_args(url))
+    try:
+        ensure(engine)
+    finally:
+        engine.dispose()
+    _checked_urls.add(url)
+
+
 def upgrade(engine: sa.Engine) -> tuple[SchemaState, SchemaState]:
     """Bring `engine`'s job table to the newest revision, whatever state it is in but newer.
 

@@ -8,6 +8,7 @@ pg_template) or by hand (subprocesses of an old release, the etl-jobs CLI).
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -509,6 +510,27 @@ def test_a_table_made_by_the_last_release_upgrades_in_place(
     assert "not versioned" in listed.stderr and "etl-jobs db upgrade" in listed.stderr, listed.stderr
     assert "Traceback" not in listed.stderr
     assert _cli("db", "current", url=url).returncode == 1
+    if backend == "postgres":
+        # dagster-daemon and dagster-webserver stop when they load the instance (its run
+        # coordinator checks), not at their first submission or sensor tick.
+        home = tmp_path / "home"
+        home.mkdir()
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+        env |= {
+            "DAGSTER_HOME": str(home),
+            "ETL_DATABASE_URL": url,
+            "ETL_REDIS_URL": "redis://127.0.0.1:6379/15",
+        }
+        loaded = subprocess.run(
+            [sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get()"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert loaded.returncode != 0, loaded.stdout
+        assert "SchemaVersionError" in loaded.stderr and "etl-jobs db upgrade" in loaded.stderr, loaded.stderr
 
     upgraded = _cli("db", "upgrade", url=url)
     assert upgraded.returncode == 0, upgraded.stderr
