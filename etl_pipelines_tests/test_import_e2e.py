@@ -25,14 +25,16 @@ TABLE = "auth.users"
 EVENTS = "auth.events"
 
 
-def write_users(path: Path, first: int, rows: int) -> None:
-    """`rows` clean rows with ids from `first`, written 100,000 at a time."""
+def write_users(path: Path, first: int, rows: int, pad: int = 0) -> None:
+    """`rows` clean rows with ids from `first` (names `pad` characters longer), 100,000 at a time."""
+    padding = "x" * pad
     with path.open("w") as out:
         out.write("id,name,amount,created_at\n")
         for start in range(first, first + rows, 100_000):
             out.write(
                 "".join(
-                    f'{i},"user {i}, the {i % 7}th",{i % 1000}.25,2024-01-{i % 28 + 1:02d}T10:00:00Z\n'
+                    f'{i},"user {i}, the {i % 7}th{padding}",{i % 1000}.25,'
+                    f"2024-01-{i % 28 + 1:02d}T10:00:00Z\n"
                     for i in range(start, min(start + 100_000, first + rows))
                 )
             )
@@ -177,8 +179,8 @@ def test_a_csv_larger_than_the_memory_limit_imports_completely(
     killing it past LIMIT_MB; the file is larger than that limit."""
     imports = tmp_path / "imports"
     imports.mkdir()
-    rows = 6_000_000
-    write_users(imports / "huge.csv", 1, rows)
+    rows = 1_600_000  # of ~210 bytes: fewer rows to type, as many bytes to hold
+    write_users(imports / "huge.csv", 1, rows, pad=150)
     size_mb = (imports / "huge.csv").stat().st_size / 2**20
     assert size_mb > LIMIT_MB, size_mb
     env = {

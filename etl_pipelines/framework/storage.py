@@ -1,5 +1,6 @@
 """dagster-postgres's storage, with pooled connections in every process that opens the instance."""
 
+import os
 from typing import Any
 
 from dagster_postgres import DagsterPostgresStorage
@@ -49,8 +50,10 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         setattr(self.run_storage, POOLED, True)
         # Built as soon as a process loads the instance (dagster-daemon, dagster-webserver, the
         # workers' run tasks): a job table older or newer than this code stops the process there,
-        # naming the command that fixes it, not at its first submission or sensor tick.
-        schema.check(Settings.from_env().database_url)
+        # naming the command that fixes it, not at its first submission or sensor tick. (Without
+        # ETL_DATABASE_URL no job table is this process's: a tool only reading Dagster's storage.)
+        if os.environ.get("ETL_DATABASE_URL"):
+            schema.check(Settings.from_env().database_url)
         # DagsterInstance.dispose() disposes the run and event-log storages, which close nothing
         # of a NullPool; pooled connections are closed with them (a test's database can be dropped).
         dispose_run_storage = self.run_storage.dispose

@@ -30,8 +30,7 @@ DEFAULT_MAX_REJECTED_SHARE = 0.1
 
 
 class DataImport(BaseJob):
-    """Import rows from a CSV file or another database into a table: streamed, typed, de-duplicated,
-    upserted on its keys, in one transaction; rejected rows kept with their line and reason."""
+    """Load a CSV file or another database's table into a table: streamed, typed, one transaction."""
 
     queue: ClassVar[str] = "medium"
     destructive: ClassVar[bool] = True
