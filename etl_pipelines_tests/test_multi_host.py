@@ -316,6 +316,13 @@ def cut_mid_job(app: Deployment, url: str, hosts: dict[str, Host], workers: dict
             (run := instance.get_run_by_id(r)) is not None and run.is_finished for r in record.run_ids
         )
 
+    # Recovery as the job_recovery sensor runs it every 30 s, asked for now (from this host).
+    poll(
+        lambda: app.cli("recover").returncode == 0 and handle.record().run_id != first,
+        90,
+        1.0,
+        "recovery to give up on the cut-off attempt and queue its retry",
+    )
     poll(ended, 150, 0.5, "the job to be recovered and to end")
     record = handle.record()
     note(f"job ended: {record.status.value}, retry_count {record.retry_count}, runs {record.run_ids}")

@@ -140,6 +140,11 @@ def csv_batches(
         except StopIteration:
             break
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            if "straddles" in str(exc):
+                raise JobInputError(
+                    f"cannot parse {name}: a record after line {cursor - 1} is longer than the reader's "
+                    f"{block_bytes >> 10} KiB block (a huge quoted value, or an unclosed quote)"
+                ) from None
             raise JobInputError(f"cannot parse {name}: {exc}") from None
         count = batch.num_rows
         if count:

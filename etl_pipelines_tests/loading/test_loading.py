@@ -237,6 +237,14 @@ def test_many_malformed_rows_between_and_after_good_ones() -> None:
     assert [r.line for r in rejects.in_order()] == [3, 6, 9, 12, 15]
 
 
+def test_a_record_longer_than_a_block_refuses_the_file_saying_where() -> None:
+    content = b'a,b\n1,x\n2,"' + b"y" * 5000 + b'"\n3,z\n'
+    with pytest.raises(JobInputError, match="a record after line 2 is longer than the reader's 1 KiB block"):
+        load(content, {"a": "int", "b": "str"}, block_bytes=1024)
+    with pytest.raises(JobInputError, match="after line 2"):
+        load(b'a,b\n1,x\n2,"unclosed\n' + b"3,z\n" * 1000, {"a": "int"}, block_bytes=1024)
+
+
 def test_rejects_beyond_the_kept_ones_are_counted() -> None:
     content = b"n\n" + b"x\n" * 50 + b"1\n"
     rows, rejects, counts = load(content, {"n": "int"}, keep=5)
