@@ -225,8 +225,8 @@ class DataImport(BaseJob):
         )
         parsed = False
         try:
-            # One transaction: the stage, the checks and the merge. Whatever fails, the target is
-            # as it was (the stage is a temporary table dropped with the transaction).
+            # One transaction: the stage, the checks, the merge and the rejected rows. Whatever
+            # fails, the target is as it was (the stage is made in it and gone with it).
             with ctx.begin() as connection:
                 stage = Stage(connection, self.columns, schema=target.schema)
                 # Closed whatever happens: a database export stops with the load.
