@@ -11,9 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session
 
 from etl_pipelines.stats import quantile
-from etl_pipelines.store import JobRecord, JobStatus, JobStore
+from etl_pipelines.store import JobStatus, JobStore
 from etl_pipelines.store.models import utcnow
 from etl_pipelines_tests.harness import BIN, Deployment, free_port, poll
+from etl_pipelines_tests.test_stats import job as job_row
 
 
 def prepare(store: JobStore) -> dict[str, dict]:
@@ -27,25 +28,7 @@ def prepare(store: JobStore) -> dict[str, dict]:
     rows = []
 
     def job(job_id: str, queue: str, age: float, status: JobStatus = JobStatus.QUEUED, **fields) -> None:
-        created = now - timedelta(seconds=age)
-        rows.append(
-            JobRecord(
-                id=job_id,
-                job_type="fibonacci",
-                job_class="x",
-                queue=queue,
-                status=status,
-                payload={},
-                retry_count=0,
-                max_retries=3,
-                run_id=job_id,
-                run_ids=[job_id],
-                created_at=created,
-                queued_at=created,
-                updated_at=now,
-                **fields,
-            )
-        )
+        rows.append(job_row(job_id, queue, status, now, age, **fields))
 
     for i, age in enumerate((300, 120, 60)):
         job(f"hq{i}", "high", age)  # 3 waiting in high, the oldest 300 s
