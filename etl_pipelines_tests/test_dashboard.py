@@ -35,11 +35,14 @@ from etl_pipelines_tests.test_stats import QUEUES, add, job, retry
 RULES = sorted((REPO / "deploy/prometheus/rules").glob("*.yml"))
 PROMETHEUS_YML = REPO / "deploy/prometheus/prometheus.yml"
 DASHBOARDS = sorted((REPO / "deploy/grafana/dashboards").glob("*.json"))
-PROMTOOL = shutil.which("promtool")
-NEEDS_PROMTOOL = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool is not installed (Debian: apt-get install -y --no-install-recommends prometheus)",
-)
+
+
+def promtool() -> str:
+    """promtool's path: `make test` installs it (Debian's prometheus package); missing, a failure."""
+    found = shutil.which("promtool")
+    assert found, "promtool is not installed: apt-get install -y --no-install-recommends prometheus"
+    return found
+
 
 # --- PromQL, as much of it as the files use: a tokenizer and a walk over its tokens -------------
 
@@ -408,16 +411,15 @@ def test_rules_are_well_formed_alerts_with_their_thresholds_documented() -> None
     } <= about
 
 
-@NEEDS_PROMTOOL
 def test_promtool_accepts_the_rules_and_the_configuration() -> None:
-    assert PROMTOOL is not None
+    tool = promtool()
     checked = subprocess.run(
-        [PROMTOOL, "check", "rules", *map(str, RULES)], capture_output=True, text=True, timeout=60
+        [tool, "check", "rules", *map(str, RULES)], capture_output=True, text=True, timeout=60
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # The configuration, with the rule files it names (relative to it, as in the container).
     checked = subprocess.run(
-        [PROMTOOL, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True, timeout=60
+        [tool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True, timeout=60
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"SUCCESS: {len(RULES)} rule files found" in checked.stdout
@@ -496,11 +498,10 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], dict[str, list[dict[str, str]
 ]
 
 
-@NEEDS_PROMTOOL
 def test_each_alert_fires_on_what_it_is_about_and_nothing_else(tmp_path: Path) -> None:
     """`promtool test rules` on the cases above. The copy of the rules it reads has no annotations:
     promtool compares them verbatim, and their templates are checked by `check rules` above."""
-    assert PROMTOOL is not None
+    tool = promtool()
     stripped = []
     for path in RULES:
         document = yaml.safe_load(path.read_text())
@@ -534,7 +535,7 @@ def test_each_alert_fires_on_what_it_is_about_and_nothing_else(tmp_path: Path) -
         yaml.safe_dump({"rule_files": stripped, "evaluation_interval": "15s", "tests": tests})
     )
     result = subprocess.run(
-        [PROMTOOL, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [tool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
